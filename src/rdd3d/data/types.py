@@ -199,6 +199,8 @@ class Frame:
     boxes: Boxes3D
     labels: np.ndarray  # (M,) int64
     classes: ClassTable
+    # Free-form per-frame information. NumPy arrays whose leading dimension equals the number
+    # of boxes (e.g. ``num_points``) are per-box and follow the boxes through ``select_boxes``.
     metadata: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -222,4 +224,11 @@ class Frame:
         return Frame(**values)
 
     def select_boxes(self, mask_or_index: np.ndarray) -> "Frame":
-        return self.replace(boxes=self.boxes.select(mask_or_index), labels=self.labels[mask_or_index])
+        count = len(self.boxes)
+        metadata = {
+            key: value[mask_or_index] if isinstance(value, np.ndarray) and value.shape[:1] == (count,) else value
+            for key, value in self.metadata.items()
+        }
+        return self.replace(
+            boxes=self.boxes.select(mask_or_index), labels=self.labels[mask_or_index], metadata=metadata
+        )
