@@ -1,0 +1,68 @@
+"""Checkpoints: atomic writes, ``weights_only`` loading, and readable architecture mismatches."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from rdd3d.fileio import atomic_open
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is missing, unreadable, or made for another model."""
+
+
+def save_checkpoint(path: str | os.PathLike, state: Mapping[str, Any]) -> None:
+    """Write ``state`` with ``torch.save`` to a temp file and rename it over ``path``.
+
+    A failure while writing (e.g. a full disk) leaves the previous checkpoint intact.
+    """
+    with atomic_open(path, "wb") as handle:
+        torch.save(dict(state), handle)
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    """Load a checkpoint with ``weights_only=True``: tensors and plain containers only, no code."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # torch raises many types for corrupt or disallowed content
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(error).__name__}: {error})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: expected a dict checkpoint, got {type(state).__name__}")
+    return state
+
+
+def describe_state_mismatch(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> list[str]:
+    """One line per tensor that is missing, unexpected, or of another shape."""
+    expected = model.state_dict()
+    problems = [f"missing from checkpoint: {key} {tuple(expected[key].shape)}"
+                for key in expected if key not in state_dict]
+    problems += [f"not in model: {key} {tuple(state_dict[key].shape)}"
+                 for key in state_dict if key not in expected]
+    problems += [
+        f"shape differs: {key} checkpoint {tuple(state_dict[key].shape)} vs model {tuple(expected[key].shape)}"
+        for key in expected
+        if key in state_dict and tuple(state_dict[key].shape) != tuple(expected[key].shape)
+    ]
+    return problems
+
+
+def load_model_state(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "checkpoint",
+                     max_lines: int = 20) -> None:
+    """``load_state_dict`` that fails with a list of mismatched tensors instead of a deep stack trace."""
+    problems = describe_state_mismatch(model, state_dict)
+    if problems:
+        shown = "\n  ".join(problems[:max_lines])
+        more = f"\n  ... and {len(problems) - max_lines} more" if len(problems) > max_lines else ""
+        raise CheckpointError(
+            f"{source}: weights do not fit this model ({len(problems)} mismatched tensors; "
+            f"was it saved for another preset?)\n  {shown}{more}"
+        )
+    model.load_state_dict(state_dict)

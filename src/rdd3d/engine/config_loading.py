@@ -1,0 +1,84 @@
+"""Typed configuration: dataclass schemas, YAML files and dotted command-line overrides.
+
+OmegaConf's structured configs do the heavy lifting (type checks, merging, unknown-key
+detection with a "did you mean" hint); this module only turns its errors into messages that
+name the source (file or ``--set``) and loads YAML with a safe loader.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence, TypeVar
+
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from rdd3d.fileio import atomic_open
+
+Schema = TypeVar("Schema")
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the schema."""
+
+
+def load_yaml(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            content = yaml.safe_load(handle)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    if content is None:
+        return {}
+    if not isinstance(content, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(content).__name__}")
+    return content
+
+
+def build_config(
+    schema: type[Schema],
+    files: Sequence[str | os.PathLike] = (),
+    overrides: Sequence[str] = (),
+    base: Schema | None = None,
+) -> Schema:
+    """Schema defaults (or ``base``) <- each YAML file in order <- ``key.path=value`` overrides."""
+    merged = OmegaConf.structured(base if base is not None else schema)
+    for path in files:
+        merged = _merge(merged, OmegaConf.create(load_yaml(path)), source=str(path))
+    for override in overrides:
+        if "=" not in override:
+            raise ConfigError(f"--set {override!r}: expected key.path=value")
+        merged = _merge(merged, OmegaConf.from_dotlist([override]), source=f"--set {override}")
+    try:
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as error:
+        raise ConfigError(f"config: {_describe(error)}") from None
+
+
+def to_yaml(config) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(config))
+
+
+def save_config(config, path: str | os.PathLike) -> None:
+    """Write the fully resolved config next to a run's outputs (atomically)."""
+    with atomic_open(path, "w", encoding="utf-8") as handle:
+        handle.write(to_yaml(config))
+
+
+def _merge(merged, update, source: str):
+    try:
+        return OmegaConf.merge(merged, update)
+    except OmegaConfBaseException as error:
+        raise ConfigError(f"{source}: {_describe(error)}") from None
+
+
+def _describe(error: OmegaConfBaseException) -> str:
+    # OmegaConf appends "full_key: ..., reference_type=..." lines; keep the first line and the key.
+    message = str(error).splitlines()[0]
+    key = getattr(error, "full_key", None)
+    return f"{message} (key: {key})" if key else message

@@ -1,0 +1,103 @@
+"""Bird's-eye-view pictures of frames, ground truth and detections."""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never needs a display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from rdd3d.data.types import Boxes3D, ClassTable, PointCloud  # noqa: E402
+from rdd3d.fileio import write_bytes  # noqa: E402
+
+GROUND_TRUTH_COLOR = "#00c853"
+CLASS_COLORS = plt.get_cmap("tab10")
+
+
+@dataclass(frozen=True)
+class BoxLayer:
+    """A set of boxes to draw: ground truth (no scores) or detections (with scores)."""
+
+    boxes: Boxes3D
+    labels: np.ndarray  # (M,) class indices
+    scores: np.ndarray | None = None  # (M,) or None for ground truth
+    name: str = "ground truth"
+    min_score: float = 0.3
+
+
+def render_bev(
+    points: PointCloud,
+    layers: Sequence[BoxLayer] = (),
+    classes: ClassTable | None = None,
+    color_by: str = "height",
+    extent: float | None = None,
+    title: str = "",
+    dpi: int = 110,
+) -> bytes:
+    """Render a BEV picture as PNG bytes: points coloured by height or intensity, boxes with headings.
+
+    Ground-truth layers are drawn in green; detection layers in class colours with dashed outlines
+    and their score next to the box.
+    """
+    if color_by not in ("height", "intensity"):
+        raise ValueError(f"color_by must be 'height' or 'intensity', got {color_by!r}")
+    values = points.xyz[:, 2] if color_by == "height" else points.column("intensity")
+    if extent is None:
+        extent = float(np.percentile(np.abs(points.xyz[:, :2]), 99.5)) if len(points) else 50.0
+    figure, axes = plt.subplots(figsize=(8, 8))
+    axes.set_facecolor("black")
+    low, high = np.percentile(values, [2, 98]) if len(points) else (0.0, 1.0)
+    scatter = axes.scatter(
+        points.xyz[:, 0], points.xyz[:, 1], c=values, s=0.3, cmap="viridis", vmin=low, vmax=high, linewidths=0
+    )
+    figure.colorbar(scatter, ax=axes, fraction=0.035, pad=0.02, label=color_by)
+    for layer in layers:
+        _draw_layer(axes, layer, classes)
+    axes.plot([0], [0], marker="^", color="white", markersize=6)  # the sensor
+    axes.set_xlim(-extent, extent)
+    axes.set_ylim(-extent, extent)
+    axes.set_aspect("equal")
+    axes.set_xlabel("x (m, forward)")
+    axes.set_ylabel("y (m, left)")
+    axes.set_title(title)
+    handles = [plt.Line2D([], [], color=GROUND_TRUTH_COLOR, label="ground truth")]
+    handles += [
+        plt.Line2D([], [], color="white", linestyle="--", label=layer.name) for layer in layers if layer.scores is not None
+    ]
+    axes.legend(handles=handles, loc="upper right", fontsize=8, facecolor="#333333", labelcolor="white")
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def save_bev(path: str | os.PathLike, points: PointCloud, layers: Sequence[BoxLayer] = (), **kwargs) -> None:
+    """Render and write a BEV PNG atomically."""
+    write_bytes(path, render_bev(points, layers, **kwargs))
+
+
+def _draw_layer(axes, layer: BoxLayer, classes: ClassTable | None) -> None:
+    is_detection = layer.scores is not None
+    keep = np.ones(len(layer.boxes), dtype=bool) if not is_detection else layer.scores >= layer.min_score
+    corners = layer.boxes.bev_corners()[keep]  # (K, 4, 2)
+    labels = np.asarray(layer.labels)[keep]
+    scores = layer.scores[keep] if is_detection else None
+    centers = layer.boxes.centers[keep]
+    fronts = corners[:, [0, 3]].mean(axis=1)  # midpoint of the front face
+    for index in range(len(corners)):
+        color = CLASS_COLORS(int(labels[index]) % 10) if is_detection else GROUND_TRUTH_COLOR
+        outline = np.vstack([corners[index], corners[index][:1]])
+        style = "--" if is_detection else "-"
+        axes.plot(outline[:, 0], outline[:, 1], style, color=color, linewidth=0.9)
+        axes.plot([centers[index, 0], fronts[index, 0]], [centers[index, 1], fronts[index, 1]], style,
+                  color=color, linewidth=0.9)
+        if is_detection:
+            name = classes.name(labels[index]) if classes is not None else str(int(labels[index]))
+            axes.text(corners[index, 0, 0], corners[index, 0, 1], f"{name} {scores[index]:.2f}",
+                      color=color, fontsize=5)

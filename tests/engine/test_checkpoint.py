@@ -1,0 +1,54 @@
+import argparse
+import os
+
+import pytest
+import torch
+from torch import nn
+
+from rdd3d.engine.checkpoint import CheckpointError, load_checkpoint, load_model_state, save_checkpoint
+
+
+def test_round_trip_with_weights_only(tmp_path):
+    model = nn.Linear(3, 2)
+    save_checkpoint(tmp_path / "c.pt", {"model": model.state_dict(), "step": 7, "rng": torch.get_rng_state()})
+    state = load_checkpoint(tmp_path / "c.pt")
+    assert state["step"] == 7
+    torch.testing.assert_close(state["model"]["weight"], model.weight.detach())
+
+
+def test_missing_and_corrupt_checkpoints(tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "none.pt")
+    (tmp_path / "bad.pt").write_bytes(b"this is not a checkpoint")
+    with pytest.raises(CheckpointError, match="bad.pt: not a readable checkpoint"):
+        load_checkpoint(tmp_path / "bad.pt")
+
+
+def test_arbitrary_objects_are_refused(tmp_path):
+    torch.save({"x": argparse.Namespace(command="rm -rf /")}, tmp_path / "evil.pt")
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        load_checkpoint(tmp_path / "evil.pt")
+
+
+def test_failed_write_keeps_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "c.pt"
+    save_checkpoint(path, {"step": 1})
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        save_checkpoint(path, {"step": 2})
+    monkeypatch.undo()
+    assert load_checkpoint(path)["step"] == 1
+    assert os.listdir(tmp_path) == ["c.pt"]  # no temp file left behind
+
+
+def test_mismatched_architecture_lists_tensors():
+    small, large = nn.Sequential(nn.Linear(3, 4)), nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 2))
+    with pytest.raises(CheckpointError) as error:
+        load_model_state(small, large.state_dict(), source="teacher.pt")
+    message = str(error.value)
+    assert "shape differs: 0.weight checkpoint (8, 3) vs model (4, 3)" in message
+    assert "not in model: 2.weight (2, 8)" in message
