@@ -1,0 +1,68 @@
+"""Greedy non-maximum suppression for BEV boxes, on whatever device the boxes live.
+
+Both kinds follow OpenPCDet/CenterPoint: candidates sorted by descending score (optionally cut
+to ``pre_max_size``), each kept box suppresses every lower-scoring one it overlaps, and at most
+``post_max_size`` survivors are returned. Return value: indices into the input, best first.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from rdd3d.evaluation.geometry import bev_iou
+
+
+def _greedy_nms(
+    boxes: Tensor,
+    scores: Tensor,
+    suppresses: Callable[[Tensor], Tensor],
+    pre_max_size: Optional[int],
+    post_max_size: Optional[int],
+) -> Tensor:
+    """``suppresses(sorted_boxes)`` gives the (N, N) bool matrix "row box suppresses column box"."""
+    order = torch.argsort(scores, descending=True, stable=True)[:pre_max_size]
+    if order.numel() == 0:
+        return order
+    # The greedy pass is sequential; it walks a small bool matrix on the CPU whatever the device.
+    overlaps = suppresses(boxes[order]).cpu().numpy()
+    removed = np.zeros(len(order), dtype=bool)
+    kept = []
+    for position in range(len(order)):
+        if removed[position]:
+            continue
+        kept.append(position)
+        removed |= overlaps[position]
+    kept_positions = torch.as_tensor(kept, dtype=torch.long, device=order.device)
+    return order[kept_positions][:post_max_size]
+
+
+def rotated_nms(
+    boxes: Tensor,
+    scores: Tensor,
+    iou_threshold: float,
+    pre_max_size: Optional[int] = None,
+    post_max_size: Optional[int] = None,
+) -> Tensor:
+    """``(N, 7+)`` boxes, ``(N,)`` scores: a kept box suppresses those with rotated BEV IoU > ``iou_threshold``."""
+    return _greedy_nms(boxes, scores, lambda b: bev_iou(b, b) > iou_threshold, pre_max_size, post_max_size)
+
+
+def circle_nms(
+    boxes: Tensor,
+    scores: Tensor,
+    dist_thresh: float,
+    pre_max_size: Optional[int] = None,
+    post_max_size: Optional[int] = None,
+) -> Tensor:
+    """CenterPoint's circle NMS: a kept box suppresses those whose BEV centre lies within a
+    *squared* distance ``dist_thresh`` (m^2, inclusive) of its own."""
+
+    def close(sorted_boxes: Tensor) -> Tensor:
+        centres = sorted_boxes[:, :2]
+        return ((centres[:, None, :] - centres[None, :, :]) ** 2).sum(dim=-1) <= dist_thresh
+
+    return _greedy_nms(boxes, scores, close, pre_max_size, post_max_size)

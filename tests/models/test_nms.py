@@ -1,0 +1,63 @@
+import math
+
+import pytest
+import torch
+
+from rdd3d.models.nms import circle_nms, rotated_nms
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
+
+
+def _box(x, y, dx=4.0, dy=2.0, yaw=0.0):
+    return [x, y, 0.0, dx, dy, 1.5, yaw]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_rotated_nms_keeps_the_higher_scoring_of_two_overlapping_boxes(device):
+    boxes = torch.tensor([_box(0.0, 0.0), _box(0.5, 0.2)], device=device)
+    kept = rotated_nms(boxes, torch.tensor([0.3, 0.9], device=device), iou_threshold=0.2)
+    assert kept.tolist() == [1] and kept.device == boxes.device
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_rotated_nms_keeps_both_of_two_far_apart_boxes_best_first(device):
+    boxes = torch.tensor([_box(0.0, 0.0), _box(20.0, 0.0)], device=device)
+    assert rotated_nms(boxes, torch.tensor([0.3, 0.9], device=device), 0.2).tolist() == [1, 0]
+
+
+def test_rotated_nms_uses_the_rotated_overlap():
+    # A cross: same centre, 4 x 1 m at yaw 0 and pi/2; IoU = 1 / (4 + 4 - 1) = 0.143.
+    boxes = torch.tensor([_box(0, 0, 4.0, 1.0, 0.0), _box(0, 0, 4.0, 1.0, math.pi / 2)])
+    scores = torch.tensor([0.9, 0.8])
+    assert rotated_nms(boxes, scores, iou_threshold=0.1).tolist() == [0]
+    assert rotated_nms(boxes, scores, iou_threshold=0.2).tolist() == [0, 1]
+
+
+def test_greedy_order_a_suppressed_box_suppresses_nothing():
+    # a overlaps b, b overlaps c, a and c apart: b goes, so c stays.
+    boxes = torch.tensor([_box(0.0, 0.0), _box(2.5, 0.0), _box(5.0, 0.0)])
+    scores = torch.tensor([0.9, 0.8, 0.7])
+    assert rotated_nms(boxes, scores, iou_threshold=0.1).tolist() == [0, 2]
+    assert circle_nms(boxes, scores, dist_thresh=2.5 ** 2).tolist() == [0, 2]
+
+
+def test_pre_and_post_max_size():
+    boxes = torch.tensor([_box(0.0, 0.0), _box(20.0, 0.0), _box(40.0, 0.0)])
+    scores = torch.tensor([0.5, 0.9, 0.7])
+    assert rotated_nms(boxes, scores, 0.2, post_max_size=2).tolist() == [1, 2]
+    assert rotated_nms(boxes, scores, 0.2, pre_max_size=1).tolist() == [1]
+    assert circle_nms(boxes, scores, 1.0, post_max_size=1).tolist() == [1]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_circle_nms_threshold_is_an_inclusive_squared_distance(device):
+    boxes = torch.tensor([_box(0.0, 0.0), _box(1.0, 1.0), _box(10.0, 0.0)], device=device)
+    scores = torch.tensor([0.4, 0.8, 0.6], device=device)
+    assert circle_nms(boxes, scores, dist_thresh=2.0).tolist() == [1, 2]  # squared distance exactly 2
+    assert circle_nms(boxes, scores, dist_thresh=1.99).tolist() == [1, 2, 0]
+
+
+def test_empty_input():
+    empty = torch.zeros(0, 7)
+    assert rotated_nms(empty, torch.zeros(0), 0.2).numel() == 0
+    assert circle_nms(empty, torch.zeros(0), 1.0).numel() == 0
