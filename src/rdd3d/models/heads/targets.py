@@ -115,7 +115,7 @@ def draw_gaussians(heatmap: Tensor, classes: Tensor, cells: Tensor, radii: Tenso
     """
     if classes.numel() == 0:
         return heatmap
-    num_classes, height, width = heatmap.shape
+    _, height, width = heatmap.shape
     largest = int(radii.max())
     steps = torch.arange(-largest, largest + 1, device=heatmap.device)
     dy, dx = torch.meshgrid(steps, steps, indexing="ij")  # (D, D)
