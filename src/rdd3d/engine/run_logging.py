@@ -1,0 +1,63 @@
+"""Run logs: TensorBoard scalars for people, a JSON-lines file for scripts (rank 0 only)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Mapping
+
+from rdd3d.fileio import atomic_open
+
+
+class RunLogger:
+    """Writes every record to ``log.jsonl`` (one JSON object a line) and TensorBoard.
+
+    Records: ``{"kind": "train", "step", "epoch", "lr", "loss/<term>": ...}`` every logging
+    interval and ``{"kind": "eval", "step", "epoch", "<metric>": ...}`` after each evaluation.
+    """
+
+    def __init__(self, output_dir: str | Path, enabled: bool = True, tensorboard: bool = True) -> None:
+        self.enabled = enabled
+        self.path = Path(output_dir) / "log.jsonl"
+        self._writer = None
+        if enabled:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if tensorboard:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._writer = SummaryWriter(log_dir=str(Path(output_dir) / "tensorboard"))
+
+    def log(self, kind: str, step: int, epoch: int, values: Mapping[str, float]) -> None:
+        if not self.enabled:
+            return
+        record = {"kind": kind, "step": step, "epoch": epoch}
+        record.update({key: _plain(value) for key, value in values.items()})
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+        if self._writer is not None:
+            for key, value in values.items():
+                if isinstance(value, (int, float)) and math.isfinite(value):
+                    self._writer.add_scalar(f"{kind}/{key}", value, step)
+
+    def truncate_after(self, step: int) -> None:
+        """On resume: drop records a crashed run wrote after the checkpoint it resumes from."""
+        if not self.enabled or not self.path.exists():
+            return
+        kept = [json.dumps(record) + "\n" for record in read_log(self.path) if record["step"] <= step]
+        with atomic_open(self.path, "w", encoding="utf-8") as handle:
+            handle.writelines(kept)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+
+
+def read_log(path: str | Path, kind: str | None = None) -> list[dict]:
+    """The records of a ``log.jsonl``, optionally only those of one kind."""
+    records = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line]
+    return [record for record in records if kind is None or record["kind"] == kind]
+
+
+def _plain(value):
+    return float(value) if hasattr(value, "__float__") and not isinstance(value, (int, bool)) else value

@@ -1,0 +1,284 @@
+"""The training loop shared by teacher training and distillation.
+
+What it trains is a *trainee*: an ``nn.Module`` whose ``forward(batch)`` returns a mapping of
+already-weighted loss terms (``{"det/heatmap": ..., "rdd/feature": ...}``); the total loss is
+their sum. A detector's own training and a distiller (frozen teacher + student + adapters)
+are both trainees, so the loop needs no knowledge of either.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from rdd3d.data.collate import collate_frames
+from rdd3d.engine.checkpoint import load_checkpoint, load_model_state, save_checkpoint
+from rdd3d.engine.distributed import DistributedContext, ResumableSampler, barrier
+from rdd3d.engine.run_logging import RunLogger
+
+log = logging.getLogger(__name__)
+
+Evaluator = Callable[[nn.Module, DistributedContext], Mapping[str, float]]
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with CenterPoint's one-cycle schedule (LR and beta1 cycled together)."""
+
+    lr: float = 1e-3  # peak learning rate
+    weight_decay: float = 0.01
+    beta2: float = 0.99
+    div_factor: float = 10.0  # the cycle starts at lr / div_factor
+    final_div_factor: float = 1e4  # ... and ends at lr / div_factor / final_div_factor
+    pct_start: float = 0.4  # fraction of the steps spent warming up
+    momentum_low: float = 0.85  # beta1 at the LR peak
+    momentum_high: float = 0.95  # beta1 at the start and end
+    grad_clip_norm: float = 10.0  # 0 disables clipping
+
+
+@dataclass
+class TrainerConfig:
+    epochs: int = 20
+    batch_size: int = 4  # per process
+    num_workers: int = 2
+    amp: bool = False  # mixed precision; CUDA only
+    sync_batchnorm: bool = False  # CUDA DDP only
+    log_interval: int = 10  # steps
+    checkpoint_interval: int = 100  # steps; a checkpoint is also written at every epoch end
+    eval_interval: int = 1  # epochs; 0 evaluates only after the last epoch
+    best_metric: str = "mAP"
+    best_mode: str = "max"  # or "min"
+    seed: int = 0
+    deterministic: bool = True
+
+
+class TrainingDivergedError(RuntimeError):
+    """A loss term became NaN or Inf; the last good checkpoint is kept."""
+
+
+@dataclass
+class TrainingResult:
+    step: int
+    epoch: int
+    best_metric: float | None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def seed_everything(seed: int, deterministic: bool = True) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+
+
+class Trainer:
+    LAST = "last.pt"
+    BEST = "best.pt"
+
+    def __init__(
+        self,
+        trainee: nn.Module,
+        train_set: Dataset,
+        config: TrainerConfig,
+        optim: OptimConfig,
+        output_dir: str | Path,
+        context: DistributedContext,
+        evaluate: Evaluator | None = None,
+        run_config: Mapping | None = None,
+        collate=collate_frames,
+    ) -> None:
+        if config.amp and context.device.type != "cuda":
+            raise ValueError("trainer.amp=true needs a CUDA device; mixed precision is not used on CPU")
+        self.config = config
+        self.context = context
+        self.output_dir = Path(output_dir)
+        self.evaluate = evaluate
+        self.run_config = dict(run_config or {})
+        self.train_set = train_set
+        self.sampler = ResumableSampler(train_set, context, shuffle=True, seed=config.seed)
+        self.loader = DataLoader(
+            train_set, batch_size=config.batch_size, sampler=self.sampler, num_workers=config.num_workers,
+            collate_fn=collate, drop_last=True, persistent_workers=False,
+        )
+        self.steps_per_epoch = len(self.sampler) // config.batch_size
+        if self.steps_per_epoch == 0:
+            raise ValueError(
+                f"training set of {len(train_set)} frames gives no full batch of {config.batch_size} "
+                f"per process ({context.world_size} processes)"
+            )
+        self.total_steps = self.steps_per_epoch * config.epochs
+
+        trainee.to(context.device)
+        if config.sync_batchnorm and context.is_distributed and context.device.type == "cuda":
+            trainee = nn.SyncBatchNorm.convert_sync_batchnorm(trainee)
+        self.trainee = trainee
+        self.model = (
+            DistributedDataParallel(trainee, device_ids=[context.device.index] if context.device.type == "cuda" else None)
+            if context.is_distributed else trainee
+        )
+        parameters = [p for p in trainee.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(
+            parameters, lr=optim.lr / optim.div_factor, betas=(optim.momentum_high, optim.beta2),
+            weight_decay=optim.weight_decay,
+        )
+        self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            self.optimizer, max_lr=optim.lr, total_steps=self.total_steps, pct_start=optim.pct_start,
+            div_factor=optim.div_factor, final_div_factor=optim.final_div_factor, anneal_strategy="cos",
+            cycle_momentum=True, base_momentum=optim.momentum_low, max_momentum=optim.momentum_high,
+        )
+        self.grad_clip_norm = optim.grad_clip_norm
+        self.scaler = torch.amp.GradScaler("cuda", enabled=config.amp)
+        self.logger = RunLogger(self.output_dir, enabled=context.is_main)
+        self.step = 0
+        self.epoch = 0
+        self.step_in_epoch = 0
+        self.best_value: float | None = None
+        self.last_metrics: dict[str, float] = {}
+
+    # ----------------------------------------------------------------- checkpoints
+    def state(self) -> dict:
+        return {
+            "model": self.trainee.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "step": self.step,
+            "epoch": self.epoch,
+            "step_in_epoch": self.step_in_epoch,
+            "best_value": self.best_value,
+            "rng": {
+                "torch": torch.get_rng_state(),
+                # MT19937 key as a tensor: weights_only checkpoints hold no NumPy objects.
+                "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
+                "numpy_pos": int(np.random.get_state()[2]),
+                "python": list(random.getstate()[1]),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            },
+            "config": self.run_config,
+        }
+
+    def save(self, name: str = LAST) -> Path:
+        path = self.output_dir / name
+        if self.context.is_main:
+            save_checkpoint(path, self.state())
+        barrier(self.context)
+        return path
+
+    def resume(self, path: str | Path) -> None:
+        state = load_checkpoint(path, map_location=self.context.device)
+        load_model_state(self.trainee, state["model"], source=str(path))
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step, self.epoch, self.step_in_epoch = state["step"], state["epoch"], state["step_in_epoch"]
+        self.best_value = state["best_value"]
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"].cpu())
+        np.random.set_state(("MT19937", rng["numpy"].cpu().numpy().astype(np.uint32), rng["numpy_pos"]))
+        random.setstate((3, tuple(rng["python"]), None))
+        if rng["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
+        self.logger.truncate_after(self.step)
+        log.info("resumed from %s at epoch %d, step %d", path, self.epoch, self.step)
+
+    # ----------------------------------------------------------------- loop
+    def fit(self) -> TrainingResult:
+        try:
+            while self.epoch < self.config.epochs:
+                self._train_epoch()
+                self.epoch += 1
+                self.step_in_epoch = 0
+                self.save()
+                if self._evaluation_due():
+                    self._evaluate_and_keep_best()
+        except KeyboardInterrupt:
+            # The state is consistent between optimiser steps: save it so that --resume continues here.
+            self.save()
+            log.warning("interrupted: saved %s at step %d", self.output_dir / self.LAST, self.step)
+            raise
+        finally:
+            self.logger.close()
+        return TrainingResult(self.step, self.epoch, self.best_value, self.last_metrics)
+
+    def _evaluation_due(self) -> bool:
+        if self.evaluate is None:
+            return False
+        last_epoch = self.epoch == self.config.epochs
+        interval = self.config.eval_interval
+        return last_epoch or (interval > 0 and self.epoch % interval == 0)
+
+    def _train_epoch(self) -> None:
+        self.trainee.train()
+        self.sampler.set_position(self.epoch, self.step_in_epoch * self.config.batch_size)
+        if hasattr(self.train_set, "set_epoch"):
+            self.train_set.set_epoch(self.epoch)
+        progress = tqdm(
+            self.loader, total=self.steps_per_epoch, initial=self.step_in_epoch,
+            desc=f"epoch {self.epoch + 1}/{self.config.epochs}", disable=not self.context.is_main,
+            dynamic_ncols=True, leave=False,
+        )
+        started, samples = time.perf_counter(), 0
+        for batch in progress:
+            terms = self._optimisation_step(batch.to(self.context.device))
+            self.step += 1
+            self.step_in_epoch += 1
+            samples += batch.batch_size * self.context.world_size
+            throughput = samples / max(time.perf_counter() - started, 1e-9)
+            total = sum(terms.values())
+            progress.set_postfix(loss=f"{total:.3f}", frames_s=f"{throughput:.1f}")
+            if self.step % self.config.log_interval == 0 or self.step_in_epoch == self.steps_per_epoch:
+                values = {f"loss/{name}": value for name, value in terms.items()}
+                values.update({"loss/total": total, "lr": self.scheduler.get_last_lr()[0],
+                               "frames_per_s": throughput})
+                self.logger.log("train", self.step, self.epoch, values)
+            if self.step % self.config.checkpoint_interval == 0 and self.step_in_epoch < self.steps_per_epoch:
+                self.save()
+
+    def _optimisation_step(self, batch) -> dict[str, float]:
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(self.context.device.type, enabled=self.config.amp):
+            terms = self.model(batch)
+        values = {name: float(term.detach()) for name, term in terms.items()}
+        for name, value in values.items():
+            if not math.isfinite(value):
+                raise TrainingDivergedError(
+                    f"step {self.step + 1}: loss term '{name}' is {value}; stopped without saving, "
+                    f"the last good checkpoint is {self.output_dir / self.LAST}"
+                )
+        self.scaler.scale(sum(terms.values())).backward()
+        if self.grad_clip_norm > 0:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.trainee.parameters(), self.grad_clip_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return values
+
+    def _evaluate_and_keep_best(self) -> None:
+        metrics = dict(self.evaluate(self.trainee, self.context))
+        self.trainee.train()
+        self.last_metrics = metrics
+        self.logger.log("eval", self.step, self.epoch, metrics)
+        value = metrics.get(self.config.best_metric)
+        if value is None:
+            raise KeyError(f"best_metric '{self.config.best_metric}' not among the metrics {sorted(metrics)}")
+        better = (self.best_value is None or
+                  (value > self.best_value if self.config.best_mode == "max" else value < self.best_value))
+        if better:
+            self.best_value = float(value)
+            self.save(self.BEST)
+            self.save()  # so that a resumed run knows the best value too

@@ -1,0 +1,94 @@
+import pytest
+import torch
+
+from rdd3d.data.collate import TrainingFrames
+from rdd3d.engine.checkpoint import load_checkpoint
+from rdd3d.engine.distributed import init_distributed
+from rdd3d.engine.run_logging import read_log
+from rdd3d.engine.trainer import OptimConfig, Trainer, TrainerConfig, TrainingDivergedError
+
+from toy_training import ToyTrainee, toy_evaluator, toy_frames
+
+RANGE = [-50, -50, -5, 50, 50, 5]
+
+
+def make_trainer(tmp_path, trainee_factory=ToyTrainee, **overrides) -> Trainer:
+    settings = dict(epochs=3, batch_size=4, num_workers=0, log_interval=1, checkpoint_interval=4, seed=3)
+    settings.update(overrides)
+    torch.manual_seed(0)
+    trainee = trainee_factory()  # built after seeding, so every run starts from the same weights
+    dataset = TrainingFrames(toy_frames(), RANGE, augmentation=None)
+    return Trainer(trainee, dataset, TrainerConfig(**settings), OptimConfig(lr=1e-2), tmp_path,
+                   init_distributed("cpu"), evaluate=toy_evaluator)
+
+
+def losses(path):
+    return [(r["step"], r["loss/total"]) for r in read_log(path / "log.jsonl", "train")]
+
+
+def test_one_cycle_schedule_shape(tmp_path):
+    trainer = make_trainer(tmp_path)
+    trainer.fit()
+    lrs = [r["lr"] for r in read_log(tmp_path / "log.jsonl", "train")]
+    peak = max(range(len(lrs)), key=lrs.__getitem__)
+    assert 0 < peak < len(lrs) - 1  # warms up, then anneals
+    assert lrs[-1] < lrs[0] < lrs[peak]
+
+
+def test_killed_run_resumes_with_identical_loss_curve(tmp_path):
+    straight = tmp_path / "straight"
+    make_trainer(straight).fit()
+
+    crashed = tmp_path / "crashed"
+    # Simulated kill during step 11: the checkpoint of step 8 is the last one on disk.
+    with pytest.raises(RuntimeError, match="killed"):
+        trainer = make_trainer(crashed, trainee_factory=lambda: _CrashAt(11))
+        trainer.fit()
+    assert load_checkpoint(crashed / "last.pt")["step"] == 8
+    resumed = make_trainer(crashed)
+    resumed.resume(crashed / "last.pt")
+    resumed.fit()
+    assert losses(crashed) == losses(straight)  # identical on CPU, step by step
+    for name in ("last.pt", "best.pt"):
+        a, b = load_checkpoint(straight / name)["model"], load_checkpoint(crashed / name)["model"]
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+
+
+def test_nan_loss_stops_naming_step_and_term_and_keeps_checkpoint(tmp_path):
+    trainer = make_trainer(tmp_path, trainee_factory=lambda: ToyTrainee(nan_at_call=6))
+    with pytest.raises(TrainingDivergedError, match=r"step 6: loss term 'toy/regression' is nan"):
+        trainer.fit()
+    assert load_checkpoint(tmp_path / "last.pt")["step"] == 4
+
+
+def test_ctrl_c_saves_and_resume_continues(tmp_path):
+    trainer = make_trainer(tmp_path, trainee_factory=lambda: ToyTrainee(interrupt_at_call=10))
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+    assert load_checkpoint(tmp_path / "last.pt")["step"] == 9
+    resumed = make_trainer(tmp_path)
+    resumed.resume(tmp_path / "last.pt")
+    result = resumed.fit()
+    assert result.step == 18 and result.epoch == 3
+    assert [step for step, _ in losses(tmp_path)] == list(range(1, 19))
+
+
+def test_best_checkpoint_follows_metric(tmp_path):
+    trainer = make_trainer(tmp_path)
+    result = trainer.fit()
+    evals = read_log(tmp_path / "log.jsonl", "eval")
+    assert len(evals) == 3
+    assert result.best_metric == pytest.approx(max(e["mAP"] for e in evals))
+    assert (tmp_path / "tensorboard").is_dir()
+
+
+class _CrashAt(ToyTrainee):
+    def __init__(self, call: int) -> None:
+        super().__init__()
+        self.crash_call = call
+
+    def forward(self, batch):
+        if self.calls + 1 == self.crash_call:
+            raise RuntimeError("killed")
+        return super().forward(batch)
