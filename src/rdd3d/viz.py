@@ -54,7 +54,7 @@ def render_bev(
     axes.set_facecolor("black")
     low, high = np.percentile(values, [2, 98]) if len(points) else (0.0, 1.0)
     scatter = axes.scatter(
-        points.xyz[:, 0], points.xyz[:, 1], c=values, s=0.3, cmap="viridis", vmin=low, vmax=high, linewidths=0
+        points.xyz[:, 0], points.xyz[:, 1], c=values, s=1.0, cmap="viridis", vmin=low, vmax=high, linewidths=0
     )
     figure.colorbar(scatter, ax=axes, fraction=0.035, pad=0.02, label=color_by)
     for layer in layers:

@@ -48,6 +48,7 @@ def build_config(
 ) -> Schema:
     """Schema defaults (or ``base``) <- each YAML file in order <- ``key.path=value`` overrides."""
     merged = OmegaConf.structured(base if base is not None else schema)
+    OmegaConf.set_readonly(merged, False)  # frozen dataclasses inside the schema still take overrides
     for path in files:
         merged = _merge(merged, OmegaConf.create(load_yaml(path)), source=str(path))
     for override in overrides:
