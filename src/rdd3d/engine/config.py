@@ -1,0 +1,55 @@
+"""The one configuration schema of a training run (``rdd3d train``), as typed dataclasses.
+
+Load it with :func:`load_run_config` from YAML files and ``--set key.path=value`` overrides; an
+unknown or misspelt key is an error naming it (with the closest valid key).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from rdd3d.data.synthetic.config import WorldConfig
+from rdd3d.data.transforms import AugmentationConfig
+from rdd3d.engine.config_loading import build_config
+from rdd3d.engine.trainer import OptimConfig, TrainerConfig
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "synthetic"  # the synthetic world, generated on the fly
+    train_size: int = 600  # frames per epoch
+    val_size: int = 100
+    seed: int = 0  # the world's seed (which scenes); not the training seed
+    world: WorldConfig = field(default_factory=WorldConfig)
+    augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
+
+
+@dataclass
+class ModelConfig:
+    preset: str = "cp-voxel"
+    # Fields of the preset's detector config to replace, e.g. {"head.head_channels": 32};
+    # checked against that config when the model is built.
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class EvalConfig:
+    max_frames: int = 0  # evaluate on the first N validation frames; 0 = all
+    batch_size: int = 4
+
+
+@dataclass
+class RunConfig:
+    output_dir: str = "runs/default"
+    device: str = "auto"  # auto | cpu | cuda
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def load_run_config(files: Sequence[str | os.PathLike] = (), overrides: Sequence[str] = ()) -> RunConfig:
+    return build_config(RunConfig, files, overrides)
