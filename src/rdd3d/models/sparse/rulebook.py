@@ -1,0 +1,162 @@
+"""Rulebooks of sparse 3D convolution, built with tensor ops only (hash, sort, search; no loop over voxels).
+
+A rulebook lists every active (input site, output site, kernel offset) triple of one convolution.
+Candidate pairs are built as ``(K, N)`` tables (kernel offset x site); boolean indexing reads them
+row-major, so the kept pairs come out grouped by kernel offset and the convolution is one
+gather -> GEMM -> scatter per offset.
+Convolution here is cross-correlation as in ``torch.nn.functional.conv3d``: output site ``o``
+reads input site ``o * stride - padding + k`` through kernel tap ``k``.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+Triple = tuple[int, int, int]
+
+
+class ConvGeometry(NamedTuple):
+    """The shape of a sparse convolution, (z, y, x) order throughout."""
+
+    kernel_size: Triple
+    stride: Triple
+    padding: Triple
+    subm: bool  # submanifold: outputs exactly at the input sites, kernel centred on them
+
+    def output_shape(self, spatial_shape: Triple) -> Triple:
+        if self.subm:
+            return spatial_shape
+        return tuple(
+            (size + 2 * pad - kernel) // step + 1
+            for size, kernel, step, pad in zip(spatial_shape, self.kernel_size, self.stride, self.padding)
+        )
+
+
+class Rulebook(NamedTuple):
+    in_rows: Tensor  # (P,) int64 input row of each pair, grouped by kernel offset
+    out_rows: Tensor  # (P,) int64 output row of each pair
+    pairs_per_offset: list[int]  # (K,) how many pairs each kernel offset has, offsets in (z, y, x) order
+    out_indices: Tensor  # (V_out, 4) int32 (batch, z, y, x)
+    out_spatial_shape: Triple
+    geometry: ConvGeometry
+    num_inputs: int  # input sites it was built for; reusing it on other sites is an error
+
+    @property
+    def num_pairs(self) -> int:
+        return int(self.in_rows.numel())
+
+
+def _kernel_offsets(kernel_size: Triple, device: torch.device) -> Tensor:
+    """``(K, 3)`` kernel taps (kz, ky, kx), in the row-major order of the weight's kernel axes."""
+    axes = [torch.arange(k, device=device) for k in kernel_size]
+    return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, 3)
+
+
+def _linear_key(batch: Tensor, zyx: Tensor, shape: Triple) -> Tensor:
+    """int64 hash of (batch, z, y, x) sites in a grid of ``shape``; unique and order-preserving."""
+    depth, height, width = shape
+    return ((batch * depth + zyx[..., 0]) * height + zyx[..., 1]) * width + zyx[..., 2]
+
+
+def _in_bounds(zyx: Tensor, shape: Triple) -> Tensor:
+    upper = torch.tensor(shape, device=zyx.device)
+    return ((zyx >= 0) & (zyx < upper)).all(dim=-1)
+
+
+def build_rulebook(indices: Tensor, spatial_shape: Triple, geometry: ConvGeometry) -> Rulebook:
+    """Rulebook of one convolution over the active ``indices`` ((N, 4) int32 b, z, y, x)."""
+    if geometry.subm:
+        return _submanifold_rulebook(indices, spatial_shape, geometry)
+    return _strided_rulebook(indices, spatial_shape, geometry)
+
+
+def _submanifold_rulebook(indices: Tensor, spatial_shape: Triple, geometry: ConvGeometry) -> Rulebook:
+    """Search the taps before the kernel centre only: tap ``K-1-k`` pairs the same sites as tap ``k``
+    with input and output swapped, and the centre tap pairs every site with itself."""
+    if any(k % 2 == 0 for k in geometry.kernel_size):
+        raise ValueError(f"submanifold convolution needs odd kernel sizes, got {geometry.kernel_size}")
+    site = indices.long()  # (N, 4)
+    if len(site) == 0:
+        return _empty_rulebook(indices, spatial_shape, geometry)
+    batch, zyx = site[:, 0], site[:, 1:]
+    keys = _linear_key(batch, zyx, spatial_shape)
+    sorted_keys, sorted_rows = torch.sort(keys)
+
+    centre = torch.tensor(geometry.kernel_size, device=site.device) // 2
+    taps = _kernel_offsets(geometry.kernel_size, site.device) - centre  # (K, 3)
+    half = len(taps) // 2
+    neighbour = zyx[None, :, :] + taps[:half, None, :]  # (K/2, N, 3) input read by output n through tap k
+    query = _linear_key(batch[None, :], neighbour, spatial_shape)
+    position = torch.searchsorted(sorted_keys, query).clamp_(max=len(keys) - 1)
+    found = _in_bounds(neighbour, spatial_shape) & (sorted_keys[position] == query)  # (K/2, N)
+    counts = found.sum(dim=1).tolist()
+    in_first = sorted_rows[position][found].split(counts)
+    out_first = torch.arange(len(keys), device=site.device).expand_as(query)[found].split(counts)
+    every_site = torch.arange(len(keys), device=site.device)
+    in_rows = torch.cat([*in_first, every_site, *reversed(out_first)])
+    out_rows = torch.cat([*out_first, every_site, *reversed(in_first)])
+    return Rulebook(
+        in_rows, out_rows, counts + [len(keys)] + counts[::-1], indices, spatial_shape, geometry, len(keys)
+    )
+
+
+def _empty_rulebook(indices: Tensor, spatial_shape: Triple, geometry: ConvGeometry) -> Rulebook:
+    no_rows = torch.zeros(0, dtype=torch.long, device=indices.device)
+    kernel_volume = geometry.kernel_size[0] * geometry.kernel_size[1] * geometry.kernel_size[2]
+    return Rulebook(no_rows, no_rows, [0] * kernel_volume, indices, spatial_shape, geometry, 0)
+
+
+def _strided_rulebook(indices: Tensor, spatial_shape: Triple, geometry: ConvGeometry) -> Rulebook:
+    out_shape = geometry.output_shape(spatial_shape)
+    if min(out_shape) < 1:
+        raise ValueError(f"sparse convolution {geometry} leaves no output for a grid of {spatial_shape}")
+    site = indices.long()
+    batch, zyx = site[:, 0], site[:, 1:]
+    device = site.device
+    stride = torch.tensor(geometry.stride, device=device)
+    taps = _kernel_offsets(geometry.kernel_size, device)  # (K, 3)
+    # Input i reaches output o through tap k when o * stride = i + padding - k.
+    shifted = zyx[None, :, :] + torch.tensor(geometry.padding, device=device) - taps[:, None, :]  # (K, N, 3)
+    on_stride = (shifted % stride == 0).all(dim=-1)
+    target = torch.div(shifted, stride, rounding_mode="floor")
+    valid = on_stride & _in_bounds(target, out_shape)
+
+    out_keys = _linear_key(batch[None, :].expand_as(valid), target, out_shape)[valid]
+    unique_keys, out_rows = torch.unique(out_keys, return_inverse=True)  # sorted: deterministic order
+    in_rows = torch.arange(len(site), device=device).expand_as(valid)[valid]
+    return Rulebook(
+        in_rows, out_rows, valid.sum(dim=1).tolist(),
+        _decode_keys(unique_keys, out_shape), out_shape, geometry, len(site),
+    )
+
+
+def _decode_keys(keys: Tensor, shape: Triple) -> Tensor:
+    """Inverse of :func:`_linear_key`: ``(V,)`` keys -> ``(V, 4)`` int32 (batch, z, y, x)."""
+    depth, height, width = shape
+    x = keys % width
+    y = (keys // width) % height
+    z = (keys // (width * height)) % depth
+    batch = keys // (width * height * depth)
+    return torch.stack([batch, z, y, x], dim=1).int()
+
+
+def apply_rulebook(features: Tensor, weight: Tensor, rulebook: Rulebook) -> Tensor:
+    """Gather -> GEMM -> scatter-add; autograd provides the backward.
+
+    ``features`` (N, C_in), ``weight`` (C_out, kz, ky, kx, C_in) -> (V_out, C_out).
+    """
+    taps = weight.flatten(1, 3).permute(1, 2, 0).contiguous()  # (K, C_in, C_out)
+    centre = len(taps) // 2
+    if rulebook.geometry.subm:  # the centre tap maps every site to itself: no gather, no scatter
+        out = features @ taps[centre]
+    else:
+        out = features.new_zeros(len(rulebook.out_indices), weight.shape[0])
+    in_groups = rulebook.in_rows.split(rulebook.pairs_per_offset)
+    out_groups = rulebook.out_rows.split(rulebook.pairs_per_offset)
+    for tap, (in_rows, out_rows) in enumerate(zip(in_groups, out_groups)):
+        if len(in_rows) and not (rulebook.geometry.subm and tap == centre):
+            out = out.index_add_(0, out_rows, features.index_select(0, in_rows) @ taps[tap])
+    return out
