@@ -18,7 +18,7 @@ class LidarConfig:
     mount_height: float = 1.84  # sensor height over the ground under it (the LiDAR frame's origin)
     max_range: float = 70.0
     min_range: float = 1.0  # closer returns are discarded (the ego vehicle's own body)
-    range_noise_std: float = 0.02  # metres along the beam, clipped at 3 standard deviations
+    range_noise_std: float = 0.02  # metres along the beam, clipped at range_noise_bound
     dropout: float = 0.05  # probability that a return is lost
     num_sweeps: int = 2  # sweeps accumulated into one frame; the key sweep has time_lag 0
     sweep_interval: float = 0.05  # seconds between sweeps (20 Hz)
@@ -36,6 +36,11 @@ class LidarConfig:
         _check(0 <= self.dropout < 1, "lidar.dropout", self.dropout, "in [0, 1)")
         _check(self.num_sweeps >= 1, "lidar.num_sweeps", self.num_sweeps, ">= 1")
         _check(self.sweep_interval > 0, "lidar.sweep_interval", self.sweep_interval, "> 0")
+
+    @property
+    def range_noise_bound(self) -> float:
+        """Range noise never moves a return further than this (three standard deviations)."""
+        return 3 * self.range_noise_std
 
 
 @dataclass(frozen=True)

@@ -136,8 +136,8 @@ def _sweep(scene: Scene, config: LidarConfig, time_lag: float, rng: np.random.Ge
     hits = cast(grid, origin, scene.primitives_at(time_lag), scene.ground, config.max_range)
     returned = np.flatnonzero(np.isfinite(hits.distance) & (hits.distance >= config.min_range))
 
-    noise = np.clip(rng.normal(0, config.range_noise_std, returned.size), -3 * config.range_noise_std,
-                    3 * config.range_noise_std)
+    bound = config.range_noise_bound
+    noise = np.clip(rng.normal(0, config.range_noise_std, returned.size), -bound, bound)
     distance = hits.distance[returned] + noise
     kept = rng.random(returned.size) >= config.dropout
     signal = (hits.reflectivity[returned] * (_INCIDENCE_FLOOR + (1 - _INCIDENCE_FLOOR) * hits.cos_incidence[returned])

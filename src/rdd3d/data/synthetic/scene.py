@@ -58,7 +58,11 @@ class Scene:
     ego_velocity: np.ndarray  # (2,) m/s; the sensor was at -ego_velocity * lag at an earlier sweep
 
     @classmethod
-    def compose(cls, ground: Ground, actors: Sequence[Actor], ego_velocity=(0.0, 0.0)) -> "Scene":
+    def compose(cls, ground: Ground, actors: Sequence[Actor], ego_velocity=(0.0, 0.0),
+                box_margin: float = 0.0) -> "Scene":
+        """Place the actors on the ground. Each labelled box is the tight box of its actor's parts grown
+        by ``box_margin`` on every side: with the sensor's range-noise bound as margin, no noisy return
+        of an object can fall outside its box."""
         actors = tuple(actors)
         counts = [len(a.parts) for a in actors]
         owner = np.repeat(np.arange(len(actors)), counts)
@@ -74,7 +78,7 @@ class Scene:
             actor = actors[index]
             low, high = actor.local_extent()
             center = rotate_z(((low + high) / 2)[None], np.cos(actor.yaw), np.sin(actor.yaw))[0] + position[index]
-            boxes[row] = [*center, *(high - low), actor.yaw, *actor.velocity]
+            boxes[row] = [*center, *(high - low + 2 * box_margin), actor.yaw, *actor.velocity]
         labels = np.array([actors[i].label for i in box_owner], np.int64)
         return cls(ground, actors, primitives, boxes, labels, box_owner, np.asarray(ego_velocity, np.float64))
 
@@ -183,7 +187,7 @@ def sample_scene(config: WorldConfig, rng: np.random.Generator) -> Scene:
         pose = _place(rng, parts, footprints, propose)
         if pose is not None:
             actors.append(Actor(parts, *pose))
-    return Scene.compose(ground, actors, ego_velocity=(ego_speed, 0.0))
+    return Scene.compose(ground, actors, ego_velocity=(ego_speed, 0.0), box_margin=lidar.range_noise_bound)
 
 
 def _in_front_of(rng: np.random.Generator, target: Actor) -> np.ndarray:
