@@ -147,7 +147,7 @@ def _cyclist(size, rng) -> list[Part]:
 def _traffic_cone(size, rng) -> list[Part]:
     length, width, height = size
     base = 0.04
-    radius = 0.35 * min(length, width)
+    radius = 0.45 * min(length, width)
     return [
         box((0, 0, base / 2), (length, width, base), _shade(rng, Material.PAINT)),
         frustum((0, 0, base), radius, 0.1 * radius, height - base, _shade(rng, Material.RETROREFLECTIVE)),

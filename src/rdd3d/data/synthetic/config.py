@@ -14,7 +14,7 @@ class LidarConfig:
     beams: int = 32
     fov_up_deg: float = 10.67  # elevation of the top beam
     fov_down_deg: float = -30.67  # elevation of the bottom beam; beams are evenly spaced between
-    azimuth_resolution_deg: float = 0.4
+    azimuth_resolution_deg: float = 0.45
     mount_height: float = 1.84  # sensor height over the ground under it (the LiDAR frame's origin)
     max_range: float = 70.0
     min_range: float = 1.0  # closer returns are discarded (the ego vehicle's own body)

@@ -52,11 +52,15 @@ class SyntheticDataset:
     def frame_id(self, index: int) -> str:
         return f"{self.split}_{index:06d}"
 
-    def scene(self, index: int) -> tuple[Scene, Scan]:
-        """The scene behind frame ``index`` and its scan (with which actor each point hit)."""
+    def frame_rng(self, index: int) -> np.random.Generator:
+        """The generator frame ``index`` is drawn from: a function of (seed, split, index) only."""
         if not 0 <= index < self.size:
             raise IndexError(f"frame index {index} out of range for a {self.split} set of {self.size}")
-        rng = np.random.default_rng([self.seed, SPLITS[self.split], index])
+        return np.random.default_rng([self.seed, SPLITS[self.split], index])
+
+    def scene(self, index: int) -> tuple[Scene, Scan]:
+        """The scene behind frame ``index`` and its scan (with which actor each point hit)."""
+        rng = self.frame_rng(index)
         scene = sample_scene(self.config, rng)
         return scene, scan(scene, self.config.lidar, rng)
 
