@@ -209,24 +209,30 @@ def iou3d_aligned(boxes_a, boxes_b) -> torch.Tensor:
     return _aligned(_iou3d_aligned, boxes_a, boxes_b, 7)
 
 
-def axis_aligned_overlap(boxes_a, boxes_b) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Axis-aligned ``(N, 4)`` and ``(M, 4)`` boxes ``(x1, y1, x2, y2)`` ->
-    ``(N, M)`` intersection area, ``(N,)`` areas of a, ``(M,)`` areas of b."""
-    a, b, dtype = _check_pair(boxes_a, boxes_b, 4)
-    a, b = a[:, :4].to(dtype), b[:, :4].to(dtype)
-    low = torch.maximum(a[:, None, :2], b[None, :, :2])
-    high = torch.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = (high - low).clamp_min(0).prod(dim=-1)
-    area_a = (a[:, 2:] - a[:, :2]).prod(dim=-1)
-    area_b = (b[:, 2:] - b[:, :2]).prod(dim=-1)
-    return inter, area_a, area_b
+def axis_aligned_intersection(boxes_a, boxes_b) -> torch.Tensor:
+    """Axis-aligned boxes ``(..., 4)`` and ``(..., 4)`` as ``(x1, y1, x2, y2)``, broadcast against
+    each other -> ``(...)`` intersection area (0 when they do not overlap)."""
+    a, b = torch.as_tensor(boxes_a), torch.as_tensor(boxes_b)
+    dtype = _result_dtype(a, b)
+    a, b = a[..., :4].to(dtype), b[..., :4].to(dtype)
+    low = torch.maximum(a[..., :2], b[..., :2])
+    high = torch.minimum(a[..., 2:], b[..., 2:])
+    return (high - low).clamp_min(0).prod(dim=-1)
+
+
+def axis_aligned_area(boxes) -> torch.Tensor:
+    """``(..., 4)`` boxes ``(x1, y1, x2, y2)`` -> ``(...)`` areas."""
+    boxes = torch.as_tensor(boxes)
+    return (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
 
 
 def axis_aligned_iou(boxes_a, boxes_b) -> torch.Tensor:
     """Axis-aligned ``(N, 4)`` and ``(M, 4)`` boxes ``(x1, y1, x2, y2)`` -> ``(N, M)`` IoU."""
-    inter, area_a, area_b = axis_aligned_overlap(boxes_a, boxes_b)
-    union = area_a[:, None] + area_b[None, :] - inter
-    return torch.where(inter > 0, inter / union.clamp_min(torch.finfo(inter.dtype).tiny), torch.zeros_like(inter))
+    a, b, dtype = _check_pair(boxes_a, boxes_b, 4)
+    a, b = a.to(dtype), b.to(dtype)
+    inter = axis_aligned_intersection(a[:, None, :], b[None, :, :])
+    union = axis_aligned_area(a)[:, None] + axis_aligned_area(b)[None, :] - inter
+    return torch.where(inter > 0, inter / union.clamp_min(torch.finfo(dtype).tiny), torch.zeros_like(inter))
 
 
 def nearest_axis_aligned_bev(boxes) -> torch.Tensor:
