@@ -12,7 +12,7 @@ import pytest
 
 from rdd3d.evaluation.nuscenes_io import (
     boxes_from_results, evaluate_results_file, load_nuscenes_ground_truth, quaternion_yaw, read_results,
-    table_from_eval_boxes, table_to_eval_boxes,
+    table_from_eval_boxes, table_to_eval_boxes, write_results,
 )
 from rdd3d.evaluation.nuscenes_metrics import TP_METRICS, detection_cvpr_2019
 
@@ -95,14 +95,18 @@ def test_quaternion_yaw_equals_devkit() -> None:
     np.testing.assert_allclose(quaternion_yaw(rotations), expected, atol=1e-12)
 
 
-def test_eval_boxes_round_trip() -> None:
+def test_round_trips_through_files_and_devkit_boxes(tmp_path: Path) -> None:
     results = {"s1": [_box(), _box(detection_name="barrier", attribute_name="", rotation=[0.6, 0.0, 0.0, 0.8])],
                "s2": []}
     table = boxes_from_results(results, CONFIG)
-    back = table_from_eval_boxes(table_to_eval_boxes(table, CONFIG), CONFIG)
-    assert back.sample_tokens == ("s1", "s2")
-    for name in ("translation", "size", "yaw", "velocity", "label", "score", "attribute", "sample"):
-        np.testing.assert_allclose(getattr(back, name), getattr(table, name), atol=1e-12, err_msg=name)
+    write_results(tmp_path / "written.json", table, CONFIG, {"use_lidar": True})
+    from_file, meta = read_results(tmp_path / "written.json")
+    from_devkit = table_from_eval_boxes(table_to_eval_boxes(table, CONFIG), CONFIG)
+    assert meta == {"use_lidar": True}
+    for back in (from_file, from_devkit):
+        assert back.sample_tokens == ("s1", "s2")
+        for name in ("translation", "size", "yaw", "velocity", "label", "score", "attribute", "sample"):
+            np.testing.assert_allclose(getattr(back, name), getattr(table, name), atol=1e-12, err_msg=name)
 
 
 # --- a miniature nuScenes database -----------------------------------------------------------------

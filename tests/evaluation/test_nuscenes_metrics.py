@@ -259,3 +259,15 @@ def test_crowded_samples_equal_devkit(seed: int) -> None:
         for metric in TP_METRICS:
             assert_close(ours.label_tp_errors[name][metric], theirs.get_label_tp(name, metric), f"{metric} {name}")
     assert_close(ours.nd_score, theirs.nd_score, "NDS")
+
+
+def test_no_predictions_at_all() -> None:
+    """The devkit's no-predictions case (its own code cannot run here: its filter needs one box)."""
+    gt_results, pred_results = random_scene(8, n_samples=3)
+    metrics = ours_evaluate(gt_results, {token: [] for token in pred_results})
+    assert metrics.mean_ap == 0.0 and metrics.nd_score == 0.0
+    for name, errors in metrics.label_tp_errors.items():
+        not_applicable = detection_cvpr_2019().tp_not_applicable.get(name, ())
+        assert all(math.isnan(v) if m in not_applicable else v == 1.0 for m, v in errors.items()), name
+    table = metrics.format_table().splitlines()
+    assert table[0].startswith("mAP:") and sum(line.startswith(NUSCENES_CLASSES) for line in table) == 10

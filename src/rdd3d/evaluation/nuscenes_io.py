@@ -26,6 +26,7 @@ from rdd3d.evaluation.nuscenes_metrics import (
     NO_ATTRIBUTE, NUSCENES_ATTRIBUTES, UNKNOWN_NUM_PTS, BoxTable, MetricConfig, NuScenesMetrics,
     check_boxes_per_sample, detection_cvpr_2019, evaluate_detections,
 )
+from rdd3d.fileio import write_json
 
 _VECTOR_FIELDS = {"translation": 3, "size": 3, "rotation": 4, "velocity": 2, "ego_translation": 3}
 _COMMON_FIELDS = ("sample_token", "translation", "size", "rotation", "velocity", "detection_name", "attribute_name")
@@ -108,9 +109,7 @@ def _columns_or_none(results: Mapping[str, list], records: list, required: tuple
 
 
 def _stack(values: list, shape: tuple[int, ...]) -> np.ndarray:
-    array = np.array(values)
-    if array.size == 0:
-        array = array.reshape(shape)
+    array = np.array(values) if values else np.zeros(shape, dtype=np.int64)
     if array.shape != shape:
         raise ValueError(f"expected shape {shape}, got {array.shape}")
     return array
@@ -288,27 +287,39 @@ def table_from_eval_boxes(eval_boxes: Any, config: MetricConfig) -> BoxTable:
     )
 
 
+def results_from_table(boxes: BoxTable, config: MetricConfig, *, ground_truth: bool = False) -> dict:
+    """:class:`BoxTable` -> ``{sample_token: [box dict, ...]}`` in the submission schema (every
+    sample listed; rotation about +z from the yaw). Ground truth also gets ``num_pts`` and
+    ``ego_translation``. The inverse of :func:`boxes_from_results`."""
+    attribute_names = ("",) + NUSCENES_ATTRIBUTES  # attribute + 1 indexes it: NO_ATTRIBUTE is -1
+    results: dict[str, list] = {token: [] for token in boxes.sample_tokens}
+    columns = zip(boxes.sample.tolist(), boxes.translation.tolist(), boxes.size.tolist(),
+                  yaw_quaternion(boxes.yaw).tolist(), boxes.velocity.tolist(), boxes.label.tolist(),
+                  boxes.score.tolist(), boxes.attribute.tolist(), boxes.ego_translation.tolist(),
+                  boxes.num_pts.tolist())
+    for sample, translation, size, rotation, velocity, label, score, attribute, ego, num_pts in columns:
+        token = boxes.sample_tokens[sample]
+        box = {"sample_token": token, "translation": translation, "size": size, "rotation": rotation,
+               "velocity": velocity, "detection_name": config.class_names[label], "detection_score": score,
+               "attribute_name": attribute_names[attribute + 1]}
+        if ground_truth:
+            box.update(ego_translation=ego, num_pts=num_pts)
+        results[token].append(box)
+    return results
+
+
+def write_results(path: str | os.PathLike, boxes: BoxTable, config: MetricConfig, meta: Mapping) -> None:
+    """Write predictions as a submission file (atomically)."""
+    write_json(path, {"meta": dict(meta), "results": results_from_table(boxes, config)}, indent=None)
+
+
 def table_to_eval_boxes(boxes: BoxTable, config: MetricConfig) -> Any:
-    """:class:`BoxTable` -> devkit ``EvalBoxes`` of ``DetectionBox``es (rotation about +z from the
-    yaw), e.g. to cross-check with the devkit's own functions."""
+    """:class:`BoxTable` -> devkit ``EvalBoxes`` of ``DetectionBox``es, e.g. to cross-check with the
+    devkit's own functions."""
     from nuscenes.eval.common.data_classes import EvalBoxes
     from nuscenes.eval.detection.data_classes import DetectionBox
 
-    names = ("",) + NUSCENES_ATTRIBUTES  # attribute + 1 indexes it: NO_ATTRIBUTE is -1
-    rotation = yaw_quaternion(boxes.yaw).tolist()
-    eval_boxes = EvalBoxes()
-    for token in boxes.sample_tokens:
-        eval_boxes.add_boxes(token, [])  # samples without boxes stay listed
-    for i in range(len(boxes)):
-        token = boxes.sample_tokens[boxes.sample[i]]
-        eval_boxes.add_boxes(token, [DetectionBox(
-            sample_token=token, translation=tuple(boxes.translation[i].tolist()),
-            size=tuple(boxes.size[i].tolist()), rotation=tuple(rotation[i]),
-            velocity=tuple(boxes.velocity[i].tolist()), ego_translation=tuple(boxes.ego_translation[i].tolist()),
-            num_pts=int(boxes.num_pts[i]), detection_name=config.class_names[boxes.label[i]],
-            detection_score=float(boxes.score[i]), attribute_name=names[boxes.attribute[i] + 1],
-        )])
-    return eval_boxes
+    return EvalBoxes.deserialize(results_from_table(boxes, config, ground_truth=True), DetectionBox)
 
 
 def evaluate_results_file(results_path: str | os.PathLike,
