@@ -2,7 +2,8 @@
 
 Times ``--frames`` frames of one split, one at a time in this process (single-threaded NumPy work),
 split into scene sampling, ray casting and frame assembly; prints ms/frame and points/frame, then
-per-class box counts, points per box and the share of boxes that got no point; writes it all as JSON.
+per-class box counts, points per box and the share of boxes that got no point (all boxes, and those
+within the class's evaluation range); writes it all as JSON.
 
     .venv/bin/python benchmarks/bench_synthetic.py                      # 50 frames, defaults
     .venv/bin/python benchmarks/bench_synthetic.py --frames 20 --beams 16 --sweeps 1
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from rdd3d.data.synthetic import (
-    CLASS_NAMES, SPLITS, LidarConfig, SyntheticDataset, WorldConfig, frame_from_scan, sample_scene, scan,
+    CLASS_NAMES, CLASS_RANGES, SPLITS, LidarConfig, SyntheticDataset, WorldConfig, frame_from_scan, sample_scene, scan,
 )
 from rdd3d.fileio import write_json
 
@@ -37,7 +38,7 @@ def main() -> None:
     lidar_changes = {k: v for k, v in (("beams", args.beams), ("num_sweeps", args.sweeps)) if v is not None}
     config = WorldConfig(lidar=LidarConfig(**lidar_changes))
     dataset = SyntheticDataset(args.split, args.frames, args.seed, config)
-    timings, points, key_points, labels, counts = [], [], [], [], []
+    timings, points, key_points, labels, counts, distances = [], [], [], [], [], []
     for index in range(args.frames):
         rng = dataset.frame_rng(index)
         start = time.perf_counter()
@@ -52,16 +53,22 @@ def main() -> None:
         key_points.append(int((frame.points.column("time_lag") == 0).sum()))
         labels.append(frame.labels)
         counts.append(frame.metadata["num_points"])
+        distances.append(np.hypot(frame.boxes.centers[:, 0], frame.boxes.centers[:, 1]))
 
     ms = 1000 * np.array(timings)  # (F, 3) scene, scan, assemble
     total = ms.sum(axis=1)
-    labels, counts = np.concatenate(labels), np.concatenate(counts)
-    per_class = {
-        name: {"boxes_per_frame": float((labels == i).sum() / args.frames),
-               "median_points": float(np.median(counts[labels == i])) if (labels == i).any() else 0.0,
-               "empty_share": float((counts[labels == i] == 0).mean()) if (labels == i).any() else 0.0}
-        for i, name in enumerate(CLASS_NAMES)
-    }
+    labels, counts, distances = np.concatenate(labels), np.concatenate(counts), np.concatenate(distances)
+    per_class = {}
+    for label, name in enumerate(CLASS_NAMES):
+        mine = labels == label
+        in_range = mine & (distances <= CLASS_RANGES[name])
+        per_class[name] = {
+            "boxes_per_frame": float(mine.sum() / args.frames),
+            "in_range_per_frame": float(in_range.sum() / args.frames),
+            "in_range_median_points": float(np.median(counts[in_range])) if in_range.any() else 0.0,
+            "in_range_empty_share": float((counts[in_range] == 0).mean()) if in_range.any() else 0.0,
+            "empty_share": float((counts[mine] == 0).mean()) if mine.any() else 0.0,
+        }
     result = {
         "machine": f"{platform.processor() or platform.machine()}, python {platform.python_version()}",
         "frames": args.frames,
@@ -86,9 +93,12 @@ def main() -> None:
     print(f"points/frame mean {cloud['mean']:.0f}  min {cloud['min']}  max {cloud['max']}  "
           f"(key sweep {cloud['key_sweep_mean']:.0f})")
     print(f"boxes/frame  {result['boxes_per_frame']:.1f}, {100 * result['empty_box_share']:.0f}% with no point")
-    print(f"{'class':<14}{'boxes/frame':>12}{'median pts':>12}{'empty':>8}")
+    print("per class (in range = within its evaluation range, as nuScenes filters):")
+    print(f"{'class':<14}{'boxes/frame':>12}{'in range':>10}{'median pts':>12}{'empty':>8}{'empty (all)':>13}")
     for name, row in per_class.items():
-        print(f"{name:<14}{row['boxes_per_frame']:>12.2f}{row['median_points']:>12.0f}{100 * row['empty_share']:>7.0f}%")
+        print(f"{name:<14}{row['boxes_per_frame']:>12.2f}{row['in_range_per_frame']:>10.2f}"
+              f"{row['in_range_median_points']:>12.0f}{100 * row['in_range_empty_share']:>7.0f}%"
+              f"{100 * row['empty_share']:>12.0f}%")
     write_json(args.out, result)
     print(f"wrote {args.out}")
 

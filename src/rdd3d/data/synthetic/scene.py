@@ -38,11 +38,13 @@ class Actor:
     velocity: tuple[float, float] = (0.0, 0.0)  # m/s in the scene frame
     label: int | None = None  # index into CLASS_NAMES; None for an unlabelled distractor
 
-    def local_extent(self) -> tuple[np.ndarray, np.ndarray]:
-        """(3,) lowest and (3,) highest corner of the parts in the actor's frame."""
+    def tight_box(self, ground_z: float = 0.0) -> np.ndarray:
+        """(7,) x y z dx dy dz yaw: the tight box of the parts, standing on ground height ``ground_z``."""
         centers = np.array([p.center for p in self.parts], np.float64)
         halves = np.array([p.size for p in self.parts], np.float64) / 2
-        return (centers - halves).min(axis=0), (centers + halves).max(axis=0)
+        low, high = (centers - halves).min(axis=0), (centers + halves).max(axis=0)  # in the actor's frame
+        offset = rotate_z(((low + high) / 2)[None], np.cos(self.yaw), np.sin(self.yaw))[0]
+        return np.array([self.x + offset[0], self.y + offset[1], ground_z + offset[2], *(high - low), self.yaw])
 
 
 @dataclass(frozen=True)
@@ -73,12 +75,8 @@ class Scene:
         primitives = parts.placed(position[owner], poses[owner, 2])
 
         box_owner = np.array([i for i, a in enumerate(actors) if a.label is not None], np.int64)
-        boxes = np.zeros((len(box_owner), 9))
-        for row, index in enumerate(box_owner):
-            actor = actors[index]
-            low, high = actor.local_extent()
-            center = rotate_z(((low + high) / 2)[None], np.cos(actor.yaw), np.sin(actor.yaw))[0] + position[index]
-            boxes[row] = [*center, *(high - low + 2 * box_margin), actor.yaw, *actor.velocity]
+        boxes = np.array([[*actors[i].tight_box(ground_z[i]), *actors[i].velocity] for i in box_owner]).reshape(-1, 9)
+        boxes[:, 3:6] += 2 * box_margin
         labels = np.array([actors[i].label for i in box_owner], np.int64)
         return cls(ground, actors, primitives, boxes, labels, box_owner, np.asarray(ego_velocity, np.float64))
 
@@ -128,10 +126,12 @@ def _half_projection(half_sizes: np.ndarray, own_axes: np.ndarray, axes: np.ndar
     return (half_sizes[:, None, :] * np.abs(axes @ own_axes.transpose(0, 2, 1))).sum(-1)
 
 
-def _footprint(parts: Sequence[Part], x: float, y: float, yaw: float) -> np.ndarray:
-    low, high = Actor(parts, x, y, yaw).local_extent()
-    offset = rotate_z(((low + high) / 2)[None], np.cos(yaw), np.sin(yaw))[0]
-    return np.array([x + offset[0], y + offset[1], (high[0] - low[0]) / 2, (high[1] - low[1]) / 2, yaw])
+def _footprint(parts: Sequence[Part], x: float, y: float, yaw: float, trail: float) -> np.ndarray:
+    """(5,) bird's-eye rectangle (centre x, y, half length, half width, yaw) of the tight box, stretched
+    backwards by ``trail`` metres: the ground a moving actor covers during the accumulated sweeps."""
+    box = Actor(parts, x, y, yaw).tight_box()
+    back = trail / 2 * np.array([np.cos(yaw), np.sin(yaw)])
+    return np.array([box[0] - back[0], box[1] - back[1], box[3] / 2 + trail / 2, box[4] / 2, yaw])
 
 
 def _uniform_in_disc(rng: np.random.Generator, inner: float, outer: float) -> np.ndarray:
@@ -141,12 +141,12 @@ def _uniform_in_disc(rng: np.random.Generator, inner: float, outer: float) -> np
     return radius * np.array([np.cos(angle), np.sin(angle)])
 
 
-def _place(rng, parts, footprints: _Footprints, propose) -> tuple[float, float, float] | None:
+def _place(rng, parts, footprints: _Footprints, propose, trail: float = 0.0) -> tuple[float, float, float] | None:
     """Try ``propose()`` positions with a random yaw until one is free; None if all tries collide."""
     for _ in range(_PLACEMENT_TRIES):
         x, y = propose()
         yaw = float(rng.uniform(-np.pi, np.pi))
-        if footprints.add_if_free(_footprint(parts, x, y, yaw)):
+        if footprints.add_if_free(_footprint(parts, x, y, yaw, trail)):
             return float(x), float(y), yaw
     return None
 
@@ -157,7 +157,8 @@ def sample_scene(config: WorldConfig, rng: np.random.Generator) -> Scene:
     ground = Ground.sample(rng, -lidar.mount_height, config.ground_amplitude, config.ground_wavelength)
     ego_speed = 0.0 if rng.random() < _EGO_STOPPED_PROBABILITY else float(rng.uniform(0, config.ego_speed_max))
     footprints = _Footprints()
-    trail = ego_speed * lidar.sweep_interval * (lidar.num_sweeps - 1)  # the ego drove this far during the sweeps
+    duration = lidar.sweep_interval * (lidar.num_sweeps - 1)  # from the oldest sweep to the key sweep
+    trail = ego_speed * duration
     footprints.add_if_free(np.array([-trail / 2, 0, _EGO_HALF_LENGTH + trail / 2, _EGO_HALF_WIDTH, 0]))
     inner = _EGO_HALF_LENGTH + 1
 
@@ -167,9 +168,10 @@ def sample_scene(config: WorldConfig, rng: np.random.Generator) -> Scene:
                                                            config.objects_per_scene[1] + 1), p=weights):
         name = CLASS_NAMES[label]
         parts = build_object(name, rng)
-        pose = _place(rng, parts, footprints, partial(_uniform_in_disc, rng, inner, config.scene_radius))
+        speed = sample_speed(name, rng)
+        pose = _place(rng, parts, footprints, partial(_uniform_in_disc, rng, inner, config.scene_radius),
+                      trail=speed * duration)
         if pose is not None:
-            speed = sample_speed(name, rng)
             velocity = (speed * np.cos(pose[2]), speed * np.sin(pose[2]))
             actors.append(Actor(parts, *pose, velocity=velocity, label=int(label)))
 
