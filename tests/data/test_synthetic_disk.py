@@ -34,7 +34,7 @@ def test_round_trip_is_exact(written):
         generated = SyntheticDataset(split, size, seed=5, config=TINY)
         loaded = DiskDataset(written, split)
         assert len(loaded) == size and loaded.classes == generated.classes
-        assert loaded.world_config == TINY and loaded.class_ranges == generated.class_ranges
+        assert loaded.world_config == TINY and loaded.class_ranges == generated.class_ranges and loaded.seed == 5
         for index in range(size):
             a, b = generated[index], loaded[index]
             assert a.frame_id == b.frame_id

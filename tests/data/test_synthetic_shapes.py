@@ -8,8 +8,8 @@ from rdd3d.data.synthetic.lidar import RayGrid
 from rdd3d.data.synthetic.shapes import Primitives, box, ellipsoid, frustum, intersect
 
 
-def _hit(part, direction, origin=(0.0, 0.0, 0.0), yaw=0.0):
-    prims = Primitives.from_parts([part]).placed(np.zeros((1, 3)), np.array([yaw]))
+def _hit(part, direction, origin=(0.0, 0.0, 0.0)):
+    prims = Primitives.from_parts([part], owner=[0]).placed(np.zeros((1, 3)), np.zeros(1))
     direction = np.asarray(direction, float)[None] / np.linalg.norm(direction)
     t, cos = intersect(prims, np.asarray(origin, float), direction, np.array([0]), np.array([0]))
     return t[0], cos[0]
@@ -26,7 +26,7 @@ def test_box_hit_distance_and_incidence():
 def test_box_yaw_turns_the_box():
     # a 4 x 1 box at x = 10: along +x the near face is at 8; turned by 90 degrees it is at 9.5
     part = box((0, 0, 0), (4, 1, 1), 0.5)
-    prims = Primitives.from_parts([part]).placed(np.array([[10.0, 0, 0]]), np.array([np.pi / 2]))
+    prims = Primitives.from_parts([part], owner=[0]).placed(np.array([[10.0, 0, 0]]), np.array([np.pi / 2]))
     t, _ = intersect(prims, np.zeros(3), np.array([[1.0, 0, 0]]), np.array([0]), np.array([0]))
     assert t[0] == pytest.approx(9.5)
 
@@ -82,7 +82,8 @@ def test_pruned_candidates_find_the_same_hits_as_all_pairs():
     rng = np.random.default_rng(0)
     parts = [box(rng.uniform(-15, 15, 3) * [1, 1, 0.1], rng.uniform(0.3, 4, 3), 0.5) for _ in range(12)]
     parts += [frustum((*rng.uniform(-15, 15, 2), -1.8), 0.3, 0.1, 1.0, 0.5), ellipsoid((3, -4, 0), (2, 3, 2), 0.5)]
-    prims = Primitives.from_parts(parts).placed(np.zeros((len(parts), 3)), rng.uniform(-np.pi, np.pi, len(parts)))
+    yaws = rng.uniform(-np.pi, np.pi, len(parts))
+    prims = Primitives.from_parts(parts, owner=np.arange(len(parts))).placed(np.zeros((len(parts), 3)), yaws)
     grid = RayGrid.for_sweep(LidarConfig(beams=16, azimuth_resolution_deg=1.0), rng)
     origin = np.array([0.5, -0.3, 0.0])
 

@@ -67,8 +67,8 @@ class Primitives:
     owner: np.ndarray  # (P,) int64 index of the actor the primitive belongs to
 
     @classmethod
-    def from_parts(cls, parts: Sequence[Part], owner: np.ndarray | None = None) -> "Primitives":
-        owner = np.full(len(parts), -1, np.int64) if owner is None else np.asarray(owner, np.int64)
+    def from_parts(cls, parts: Sequence[Part], owner: np.ndarray) -> "Primitives":
+        """Stack parts (in their actor's frame: yaw 0) into a table; ``owner`` (P,) names each one's actor."""
         return cls(
             kind=np.array([p.kind for p in parts], np.int8).reshape(-1),
             center=np.array([p.center for p in parts], np.float64).reshape(-1, 3),
@@ -76,7 +76,7 @@ class Primitives:
             yaw=np.zeros(len(parts)),
             taper=np.array([p.taper for p in parts], np.float64).reshape(-1),
             reflectivity=np.array([p.reflectivity for p in parts], np.float64).reshape(-1),
-            owner=owner,
+            owner=np.asarray(owner, np.int64).reshape(-1),
         )
 
     def __len__(self) -> int:
