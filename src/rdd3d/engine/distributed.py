@@ -62,6 +62,15 @@ def gather_objects(obj: Any, context: DistributedContext) -> list[Any]:
     return gathered
 
 
+def broadcast_from_main(obj: Any, context: DistributedContext) -> Any:
+    """Rank 0's ``obj`` on every rank."""
+    if not context.is_distributed:
+        return obj
+    holder = [obj]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]
+
+
 def barrier(context: DistributedContext) -> None:
     if context.is_distributed:
         dist.barrier()
