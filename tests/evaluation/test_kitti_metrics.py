@@ -97,6 +97,8 @@ def test_a_single_object_found_gives_the_official_small_sample_values():
     for metric in METRICS:
         assert result.ap("Car", metric, "moderate", 11) == pytest.approx(100 / 11)
         assert result.ap("Car", metric, "moderate", 40) == 0.0
+    # 40 objects fill the curve up to entry 39 only: R40 = 39/40.
+    assert evaluate_kitti(*one_car_frames(40, 40), classes=["Car"]).ap("Car", "3d") == pytest.approx(97.5)
 
 
 def test_half_found_with_perfect_precision():
@@ -421,6 +423,13 @@ def test_real_ground_truth_as_detections(real_data):
         values = all_values(result, class_name)
         assert all(v == pytest.approx(100.0) for v in values.values()), (class_name, values)
     assert result.ap("Car", "aos", "moderate") == pytest.approx(100.0, abs=0.01)
+
+    # The label files themselves as detections (DontCare lines included, as the devkit allows).
+    labels = [KittiObjects(*[getattr(gt, f) for f in ("names", "truncated", "occluded", "alpha", "bbox",
+                                                      "dimensions_hwl", "location", "rotation_y")], np.ones(len(gt)))
+              for gt in gts[:2]]
+    as_labels = evaluate_kitti(gts, labels * 41, classes=["Car", "Pedestrian"])
+    assert all(v == pytest.approx(100.0) for v in all_values(as_labels, "Car").values())
 
     few = evaluate_kitti(*kitti_frames(real_data, copies=1), classes=["Car"])
     assert few.ap("Car", "3d", "moderate", 40) == pytest.approx(3 / 40 * 100)  # 4 objects: 4 thresholds

@@ -154,19 +154,29 @@ def _bev_area_aligned(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return rect_intersection_area(_bev_rects(a), _bev_rects(b))
 
 
-def _bev_iou_aligned(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    inter = _bev_area_aligned(a, b)
-    union = a[..., 3].double() * a[..., 4].double() + b[..., 3].double() * b[..., 4].double() - inter
+def bev_iou_from_overlap(overlap: torch.Tensor, boxes_a: torch.Tensor, boxes_b: torch.Tensor) -> torch.Tensor:
+    """BEV IoU from a precomputed BEV intersection area; boxes ``(..., 7+)`` broadcast with it."""
+    a, b = torch.as_tensor(boxes_a).double(), torch.as_tensor(boxes_b).double()
+    union = a[..., 3] * a[..., 4] + b[..., 3] * b[..., 4] - overlap
+    return overlap / union.clamp_min(1e-300)
+
+
+def iou3d_from_overlap(overlap: torch.Tensor, boxes_a: torch.Tensor, boxes_b: torch.Tensor) -> torch.Tensor:
+    """3D IoU from a precomputed BEV intersection area: times the z-overlap, over the union of volumes."""
+    a, b = torch.as_tensor(boxes_a).double(), torch.as_tensor(boxes_b).double()
+    top = torch.minimum(a[..., 2] + a[..., 5] / 2, b[..., 2] + b[..., 5] / 2)
+    bottom = torch.maximum(a[..., 2] - a[..., 5] / 2, b[..., 2] - b[..., 5] / 2)
+    inter = overlap * (top - bottom).clamp_min(0)
+    union = a[..., 3] * a[..., 4] * a[..., 5] + b[..., 3] * b[..., 4] * b[..., 5] - inter
     return inter / union.clamp_min(1e-300)
+
+
+def _bev_iou_aligned(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return bev_iou_from_overlap(_bev_area_aligned(a, b), a, b)
 
 
 def _iou3d_aligned(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    a, b = a.double(), b.double()
-    top = torch.minimum(a[..., 2] + a[..., 5] / 2, b[..., 2] + b[..., 5] / 2)
-    bottom = torch.maximum(a[..., 2] - a[..., 5] / 2, b[..., 2] - b[..., 5] / 2)
-    inter = _bev_area_aligned(a, b) * (top - bottom).clamp_min(0)
-    union = a[..., 3] * a[..., 4] * a[..., 5] + b[..., 3] * b[..., 4] * b[..., 5] - inter
-    return inter / union.clamp_min(1e-300)
+    return iou3d_from_overlap(_bev_area_aligned(a, b), a, b)
 
 
 def _aligned(fn, boxes_a, boxes_b, min_columns: int) -> torch.Tensor:

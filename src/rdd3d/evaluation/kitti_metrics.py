@@ -28,12 +28,18 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 import torch
 
-from rdd3d.evaluation.geometry import axis_aligned_area, axis_aligned_intersection, bev_iou_aligned, iou3d_aligned
+from rdd3d.evaluation.geometry import (
+    axis_aligned_area,
+    axis_aligned_intersection,
+    bev_iou_from_overlap,
+    bev_overlap_area_aligned,
+    iou3d_from_overlap,
+)
 from rdd3d.evaluation.kitti_format import DONT_CARE, KittiObjects
 
 DIFFICULTIES = ("easy", "moderate", "hard")
@@ -200,29 +206,36 @@ def _same_frame_pairs(frame_a: np.ndarray, index_a: np.ndarray, frame_b: np.ndar
     return pair_a, pair_b
 
 
-def _geometry_boxes(objects: KittiObjects, index: np.ndarray) -> np.ndarray:
+def _geometry_boxes(objects: KittiObjects) -> np.ndarray:
     """Camera boxes -> (N, 7) boxes for :mod:`geometry`: BEV on (x, z), heading -rotation_y, up = -y."""
-    x, y, z = objects.location[index].T
-    h, w, l = objects.dimensions_hwl[index].T
-    return np.column_stack([x, z, h / 2 - y, l, w, h, -objects.rotation_y[index]])
+    x, y, z = objects.location.T
+    h, w, l = objects.dimensions_hwl.T
+    return np.column_stack([x, z, h / 2 - y, l, w, h, -objects.rotation_y])
 
 
-def _pair_overlaps(metric: str, gt: _Stacked, det: _Stacked, pair_gt: np.ndarray, pair_det: np.ndarray) -> np.ndarray:
-    """Overlap of each (ground truth, detection) pair under ``metric`` -> (P,) float64."""
-    if metric == "bbox":
+def _pair_overlaps(metrics: Sequence[str], gt: _Stacked, det: _Stacked, pair_gt: np.ndarray,
+                   pair_det: np.ndarray) -> dict[str, np.ndarray]:
+    """Overlap of each (ground truth, detection) pair under each metric -> {metric: (P,) float64}."""
+    result = {}
+    if "bbox" in metrics:
         a, b = torch.from_numpy(gt.objects.bbox[pair_gt]), torch.from_numpy(det.objects.bbox[pair_det])
         inter = axis_aligned_intersection(a, b)
         union = axis_aligned_area(a) + axis_aligned_area(b) - inter
-        return torch.where(inter > 0, inter / union, torch.zeros_like(inter)).numpy()
-    boxes_gt = _geometry_boxes(gt.objects, pair_gt)
-    boxes_det = _geometry_boxes(det.objects, pair_det)
-    # Boxes whose circumscribed circles are apart cannot overlap: skip the exact computation.
-    radius = np.hypot(boxes_gt[:, 3], boxes_gt[:, 4]) / 2 + np.hypot(boxes_det[:, 3], boxes_det[:, 4]) / 2
-    near = np.hypot(*(boxes_gt[:, :2] - boxes_det[:, :2]).T) < radius
-    overlaps = np.zeros(len(pair_gt))
-    iou = bev_iou_aligned if metric == "bev" else iou3d_aligned
-    overlaps[near] = iou(torch.from_numpy(boxes_gt[near]), torch.from_numpy(boxes_det[near])).numpy()
-    return overlaps
+        result["bbox"] = torch.where(inter > 0, inter / union, torch.zeros_like(inter)).numpy()
+    if {"bev", "3d"} & set(metrics):
+        boxes_gt = torch.from_numpy(_geometry_boxes(gt.objects))[pair_gt]
+        boxes_det = torch.from_numpy(_geometry_boxes(det.objects))[pair_det]
+        # Boxes whose circumscribed circles are apart cannot overlap: only the others are computed.
+        reach = torch.hypot(boxes_gt[:, 3], boxes_gt[:, 4]) / 2 + torch.hypot(boxes_det[:, 3], boxes_det[:, 4]) / 2
+        near = torch.hypot(*(boxes_gt[:, :2] - boxes_det[:, :2]).T) < reach
+        near &= torch.from_numpy(det.names[pair_det] != DONT_CARE.lower())  # no 3D box (sizes -1)
+        boxes_gt, boxes_det = boxes_gt[near], boxes_det[near]
+        area = bev_overlap_area_aligned(boxes_gt, boxes_det)
+        for metric, iou in (("bev", bev_iou_from_overlap), ("3d", iou3d_from_overlap)):
+            if metric in metrics:
+                result[metric] = np.zeros(len(pair_gt))
+                result[metric][near.numpy()] = iou(area, boxes_gt, boxes_det).numpy()
+    return result
 
 
 def _dontcare_cover(gt: _Stacked, det: _Stacked, num_frames: int) -> np.ndarray:
@@ -401,14 +414,15 @@ def evaluate_kitti(
     )
     if {"bev", "3d"} & set(metrics):
         _check_sizes(gt, gt_index, "ground-truth object")
-        _check_sizes(det, det_index, "detection")
+        _check_sizes(det, det_index[det.names[det_index] != DONT_CARE.lower()], "detection")
     pair_gt, pair_det = _same_frame_pairs(gt.frame, gt_index, det.frame, det_index, num_frames)
     compute_aos = "bbox" in metrics and bool(np.all(det.objects.alpha != _INVALID_ALPHA))
     dontcare_cover = _dontcare_cover(gt, det, num_frames) if "bbox" in metrics else None
 
+    overlaps_by_metric = _pair_overlaps(metrics, gt, det, pair_gt, pair_det)
     entries = []
     for metric in metrics:
-        overlaps = _pair_overlaps(metric, gt, det, pair_gt, pair_det)
+        overlaps = overlaps_by_metric[metric]
         for class_name in classes:
             for overlap_set in overlap_sets:
                 min_overlap = MIN_OVERLAPS[overlap_set][class_name][METRICS.index(metric)]
@@ -417,26 +431,33 @@ def evaluate_kitti(
                                        dontcare_cover)
                     for d in range(len(DIFFICULTIES))
                 ]
-                precision = np.stack([c[0] for c in curves])
-                recall = np.stack([c[1] for c in curves])
-                num_gt = tuple(int(c[3]) for c in curves)
+                precision = np.stack([c.precision for c in curves])
+                recall = np.stack([c.recall for c in curves])
+                num_gt = tuple(c.num_valid_gt for c in curves)
                 entries.append(KittiAP(class_name, metric, overlap_set, min_overlap, *average_precision(precision),
                                        precision, recall, num_gt))
                 if metric == "bbox" and compute_aos:
-                    orientation = np.stack([c[2] for c in curves])
+                    orientation = np.stack([c.orientation for c in curves])
                     entries.append(KittiAP(class_name, "aos", overlap_set, min_overlap,
                                            *average_precision(orientation), orientation, recall, num_gt))
     return KittiResult(tuple(entries))
 
 
+class _Curves(NamedTuple):
+    precision: np.ndarray  # (41,) interpolated
+    recall: np.ndarray  # (41,)
+    orientation: np.ndarray  # (41,) interpolated orientation similarity
+    num_valid_gt: int
+
+
 def _difficulty_curves(gt: _Stacked, det: _Stacked, class_name: str, difficulty: int, metric: str,
-                       min_overlap: float, pair_gt, pair_det, overlaps, dontcare_cover):
-    """(41,) interpolated precision, recall, orientation similarity and the number of counted objects."""
+                       min_overlap: float, pair_gt, pair_det, overlaps, dontcare_cover) -> _Curves:
+    """The curves of one class at one difficulty under one metric and overlap threshold."""
     ignored_gt, ignored_det = _ignored(gt, det, class_name, difficulty)
     num_valid_gt = int((ignored_gt == 0).sum())
     empty = np.zeros(NUM_SAMPLE_POINTS)
     if num_valid_gt == 0:
-        return empty, empty, empty, 0
+        return _Curves(empty, empty, empty, 0)
     # Compact arrays over the detections that take part (ignored_det != -1).
     active = np.flatnonzero(ignored_det != -1)
     compact = np.full(len(ignored_det), -1)
@@ -456,4 +477,4 @@ def _difficulty_curves(gt: _Stacked, det: _Stacked, class_name: str, difficulty:
     precision[:num_t] = _ratio(counts.tp, counts.tp + counts.fp)
     recall[:num_t] = _ratio(counts.tp, counts.tp + counts.fn)
     orientation[:num_t] = _ratio(counts.similarity, counts.tp + counts.fp)
-    return _monotone(precision), _monotone(recall), _monotone(orientation), num_valid_gt
+    return _Curves(_monotone(precision), _monotone(recall), _monotone(orientation), num_valid_gt)
