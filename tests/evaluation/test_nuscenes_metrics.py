@@ -182,6 +182,9 @@ def test_config_equals_devkit_detection_cvpr_2019() -> None:
     ours = detection_cvpr_2019().to_dict()
     theirs = devkit_config.config_factory("detection_cvpr_2019").serialize()
     assert {key: ours[key] for key in theirs} == theirs
+    assert MetricConfig.from_dict(theirs) == detection_cvpr_2019() == MetricConfig.from_dict(ours)
+    with pytest.raises(ValueError, match=r"unknown metric configuration keys \['min_recal'\]"):
+        MetricConfig.from_dict({**theirs, "min_recal": 0.1})
     assert NUSCENES_CLASSES == tuple(devkit_constants.DETECTION_NAMES)
     assert NUSCENES_ATTRIBUTES == tuple(devkit_constants.ATTRIBUTE_NAMES)
     assert TP_METRICS == tuple(devkit_constants.TP_METRICS)

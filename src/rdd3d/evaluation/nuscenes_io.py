@@ -69,7 +69,7 @@ def boxes_from_results(results: Any, config: MetricConfig, *, ground_truth: bool
     for token, boxes in results.items():
         for index, box in enumerate(boxes):
             _check_box(box, token, f"{source}[{token!r}][{index}]", required, config)
-    raise AssertionError(f"{source}: boxes rejected without a diagnosis")  # _check_box raises first
+    raise ValueError(f"{source}: the boxes could not be read as numbers (no single bad field found)")
 
 
 def _columns_or_none(results: Mapping[str, list], records: list, required: tuple[str, ...],
@@ -130,7 +130,7 @@ def _check_box(box: Any, token: str, where: str, required: tuple[str, ...], conf
         if name not in required:
             continue
         value = box[name]
-        if not isinstance(value, list) or len(value) != length or not all(_is_number(v) for v in value):
+        if not isinstance(value, (list, tuple)) or len(value) != length or not all(_is_number(v) for v in value):
             raise ValueError(f"{where}: field {name!r} must be a list of {length} numbers, got {value!r}")
         if any(math.isinf(v) for v in value) or (name != "velocity" and any(math.isnan(v) for v in value)):
             allowed = " (NaN is allowed there and means unknown)" if name == "velocity" else ""

@@ -54,7 +54,10 @@ UNKNOWN_NUM_PTS = -1  # BoxTable.num_pts of a prediction
 
 #: The TP errors the devkit's evaluate.py reports as NaN per class, and the classes whose heading
 #: algo.py compares modulo pi.
-DEVKIT_TP_NOT_APPLICABLE = {"traffic_cone": ("orient_err", "vel_err", "attr_err"), "barrier": ("vel_err", "attr_err")}
+DEVKIT_TP_NOT_APPLICABLE = {
+    "traffic_cone": ("orient_err", "vel_err", "attr_err"),
+    "barrier": ("vel_err", "attr_err"),
+}
 DEVKIT_HALF_PERIOD_CLASSES = ("barrier",)
 
 
@@ -75,7 +78,8 @@ class MetricConfig:
     max_boxes_per_sample: int = 500
     mean_ap_weight: float = 5
     tp_metrics: tuple[str, ...] = TP_METRICS
-    tp_not_applicable: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: dict(DEVKIT_TP_NOT_APPLICABLE))
+    tp_not_applicable: Mapping[str, tuple[str, ...]] = field(
+        default_factory=lambda: dict(DEVKIT_TP_NOT_APPLICABLE))
     half_period_orientation: tuple[str, ...] = DEVKIT_HALF_PERIOD_CLASSES
 
     def __post_init__(self) -> None:
@@ -123,6 +127,18 @@ class MetricConfig:
             "tp_not_applicable": {name: list(ms) for name, ms in self.tp_not_applicable.items()},
             "half_period_orientation": list(self.half_period_orientation),
         }
+
+    @classmethod
+    def from_dict(cls, content: Mapping) -> "MetricConfig":
+        """From :meth:`to_dict` output or a devkit configuration JSON (``DetectionConfig.serialize()``)."""
+        fields = {k: v for k, v in content.items() if k != "dist_fcn"}
+        if content.get("dist_fcn", "center_distance") != "center_distance":
+            raise ValueError(f"dist_fcn {content['dist_fcn']!r} is not supported; only 'center_distance' is")
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(fields) - known)
+        if unknown:
+            raise ValueError(f"unknown metric configuration keys {unknown}; known: {sorted(known | {'dist_fcn'})}")
+        return cls(**fields)
 
 
 def detection_cvpr_2019() -> MetricConfig:
