@@ -39,9 +39,7 @@ class SparseConvBackend(Protocol):
     def owns(self, rulebook: Any) -> bool:
         """Whether ``rulebook`` (an entry of ``SparseTensor.rulebooks``) was built by this backend."""
 
-    def convolve(
-        self, x: SparseTensor, weight: Tensor, geometry: ConvGeometry, indice_key: str | None, training: bool
-    ) -> ConvResult:
+    def convolve(self, x: SparseTensor, weight: Tensor, geometry: ConvGeometry, indice_key: str | None) -> ConvResult:
         """One convolution without bias; ``indice_key`` names the rulebook to reuse or to record."""
 
 
@@ -64,7 +62,7 @@ class TorchBackend:
     def owns(self, rulebook: Any) -> bool:
         return isinstance(rulebook, Rulebook)
 
-    def convolve(self, x, weight, geometry, indice_key, training) -> ConvResult:
+    def convolve(self, x, weight, geometry, indice_key) -> ConvResult:
         rulebook = _reusable(x, indice_key, self)
         rulebooks = x.rulebooks
         if rulebook is None:
@@ -106,7 +104,7 @@ class SpconvBackend:
     def owns(self, rulebook: Any) -> bool:
         return not isinstance(rulebook, Rulebook)
 
-    def convolve(self, x, weight, geometry, indice_key, training) -> ConvResult:
+    def convolve(self, x, weight, geometry, indice_key) -> ConvResult:
         import spconv.pytorch as spconv
 
         on_cpu = x.features.device.type == "cpu"
@@ -122,7 +120,8 @@ class SpconvBackend:
         sparse_in = spconv.SparseConvTensor(x.features, x.indices, list(x.spatial_shape), x.batch_size)
         sparse_in.indice_dict = dict(x.rulebooks)
         with _one_thread() if on_cpu else contextlib.nullcontext():
-            sparse_out = layer._conv_forward(training, sparse_in, weight, None)  # spconv's CPU path takes no bias
+            # spconv's "training" means "keep what backward needs"; its CPU path takes no bias.
+            sparse_out = layer._conv_forward(needs_backward, sparse_in, weight, None)
         rulebooks = dict(sparse_out.indice_dict)
         rulebook = rulebooks.pop(_UNSHARED_KEY, None) if indice_key is None else rulebooks.get(key)
         output = SparseTensor(

@@ -62,7 +62,7 @@ class SparseConvolution(SparseModule):
                 f"{type(self).__name__} expects {self.in_channels} input channels, got {x.features.shape[1]}"
             )
         backend = resolve_backend(self.backend, x.features.device)
-        result = backend.convolve(x, self.weight, self.geometry, self.indice_key, self.training)
+        result = backend.convolve(x, self.weight, self.geometry, self.indice_key)
         self._active_pairs = result.active_pairs
         if self.bias is None:
             return result.output

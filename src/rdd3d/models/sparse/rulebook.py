@@ -10,6 +10,7 @@ reads input site ``o * stride - padding + k`` through kernel tap ``k``.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -49,21 +50,24 @@ class Rulebook(NamedTuple):
         return int(self.in_rows.numel())
 
 
-def _kernel_offsets(kernel_size: Triple, device: torch.device) -> Tensor:
-    """``(K, 3)`` kernel taps (kz, ky, kx), in the row-major order of the weight's kernel axes."""
-    axes = [torch.arange(k, device=device) for k in kernel_size]
-    return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, 3)
-
-
 def _linear_key(batch: Tensor, zyx: Tensor, shape: Triple) -> Tensor:
     """int64 hash of (batch, z, y, x) sites in a grid of ``shape``; unique and order-preserving."""
     depth, height, width = shape
     return ((batch * depth + zyx[..., 0]) * height + zyx[..., 1]) * width + zyx[..., 2]
 
 
-def _in_bounds(zyx: Tensor, shape: Triple) -> Tensor:
-    upper = torch.tensor(shape, device=zyx.device)
-    return ((zyx >= 0) & (zyx < upper)).all(dim=-1)
+def _tap_table(batch: Tensor, per_axis: list[tuple[Tensor, Tensor]], shape: Triple) -> tuple[Tensor, Tensor]:
+    """Combine per-axis candidates into ``(K, N)`` tables, taps in the weight's (kz, ky, kx) order.
+
+    ``per_axis`` holds, for z, y and x, the ``(k_a, N)`` coordinate each site reaches through each tap
+    of that axis and whether it is valid; working per axis keeps the costly integer arithmetic
+    ``3 k N`` instead of ``k^3 N``. Returns the linear keys and validity of the reached sites.
+    """
+    (z, z_ok), (y, y_ok), (x, x_ok) = per_axis
+    depth, height, width = shape
+    key = ((batch * depth + z[:, None, None]) * height + y[None, :, None]) * width + x[None, None, :]
+    valid = z_ok[:, None, None] & y_ok[None, :, None] & x_ok[None, None, :]
+    return key.flatten(0, 2), valid.flatten(0, 2)
 
 
 def build_rulebook(indices: Tensor, spatial_shape: Triple, geometry: ConvGeometry) -> Rulebook:
@@ -85,13 +89,15 @@ def _submanifold_rulebook(indices: Tensor, spatial_shape: Triple, geometry: Conv
     keys = _linear_key(batch, zyx, spatial_shape)
     sorted_keys, sorted_rows = torch.sort(keys)
 
-    centre = torch.tensor(geometry.kernel_size, device=site.device) // 2
-    taps = _kernel_offsets(geometry.kernel_size, site.device) - centre  # (K, 3)
-    half = len(taps) // 2
-    neighbour = zyx[None, :, :] + taps[:half, None, :]  # (K/2, N, 3) input read by output n through tap k
-    query = _linear_key(batch[None, :], neighbour, spatial_shape)
+    per_axis = []
+    for axis, (kernel, size) in enumerate(zip(geometry.kernel_size, spatial_shape)):
+        reached = zyx[None, :, axis] + torch.arange(kernel, device=site.device)[:, None] - kernel // 2  # (k_a, N)
+        per_axis.append((reached, (reached >= 0) & (reached < size)))
+    query, inside = _tap_table(batch, per_axis, spatial_shape)  # (K, N): input read by output n via tap k
+    half = len(query) // 2
+    query, inside = query[:half], inside[:half]
     position = torch.searchsorted(sorted_keys, query).clamp_(max=len(keys) - 1)
-    found = _in_bounds(neighbour, spatial_shape) & (sorted_keys[position] == query)  # (K/2, N)
+    found = inside & (sorted_keys[position] == query)  # (K/2, N)
     counts = found.sum(dim=1).tolist()
     in_first = sorted_rows[position][found].split(counts)
     out_first = torch.arange(len(keys), device=site.device).expand_as(query)[found].split(counts)
@@ -105,8 +111,7 @@ def _submanifold_rulebook(indices: Tensor, spatial_shape: Triple, geometry: Conv
 
 def _empty_rulebook(indices: Tensor, spatial_shape: Triple, geometry: ConvGeometry) -> Rulebook:
     no_rows = torch.zeros(0, dtype=torch.long, device=indices.device)
-    kernel_volume = geometry.kernel_size[0] * geometry.kernel_size[1] * geometry.kernel_size[2]
-    return Rulebook(no_rows, no_rows, [0] * kernel_volume, indices, spatial_shape, geometry, 0)
+    return Rulebook(no_rows, no_rows, [0] * math.prod(geometry.kernel_size), indices, spatial_shape, geometry, 0)
 
 
 def _strided_rulebook(indices: Tensor, spatial_shape: Triple, geometry: ConvGeometry) -> Rulebook:
@@ -116,15 +121,17 @@ def _strided_rulebook(indices: Tensor, spatial_shape: Triple, geometry: ConvGeom
     site = indices.long()
     batch, zyx = site[:, 0], site[:, 1:]
     device = site.device
-    stride = torch.tensor(geometry.stride, device=device)
-    taps = _kernel_offsets(geometry.kernel_size, device)  # (K, 3)
-    # Input i reaches output o through tap k when o * stride = i + padding - k.
-    shifted = zyx[None, :, :] + torch.tensor(geometry.padding, device=device) - taps[:, None, :]  # (K, N, 3)
-    on_stride = (shifted % stride == 0).all(dim=-1)
-    target = torch.div(shifted, stride, rounding_mode="floor")
-    valid = on_stride & _in_bounds(target, out_shape)
+    per_axis = []
+    for axis, (kernel, step, pad, size) in enumerate(
+        zip(geometry.kernel_size, geometry.stride, geometry.padding, out_shape)
+    ):
+        # Input i reaches output o through tap k when o * stride = i + padding - k.
+        shifted = zyx[None, :, axis] + pad - torch.arange(kernel, device=device)[:, None]  # (k_a, N)
+        target = torch.div(shifted, step, rounding_mode="floor")
+        per_axis.append((target, (shifted % step == 0) & (target >= 0) & (target < size)))
+    out_keys, valid = _tap_table(batch, per_axis, out_shape)  # (K, N)
 
-    out_keys = _linear_key(batch[None, :].expand_as(valid), target, out_shape)[valid]
+    out_keys = out_keys[valid]
     unique_keys, out_rows = torch.unique(out_keys, return_inverse=True)  # sorted: deterministic order
     in_rows = torch.arange(len(site), device=device).expand_as(valid)[valid]
     return Rulebook(
