@@ -102,14 +102,14 @@ class Voxelizer:
         group_start = torch.nonzero(is_first).squeeze(1)  # (G,) first sorted position of each group
         slot = torch.arange(order.numel(), device=device) - group_start[group]  # rank inside its voxel
 
-        # Number voxels by first appearance: the first point of a group is its earliest in the input.
+        # Number voxels by first appearance: the first point of a group is its earliest in the input,
+        # so counting voxel-opening points in input order numbers the voxels.
         first_point = order[group_start]  # (G,) position among kept points
-        appearance = torch.argsort(first_point)  # groups in order of first appearance
-        voxel_of_group = torch.empty_like(appearance)
-        voxel_of_group[appearance] = torch.arange(appearance.numel(), device=device)
-        voxel = voxel_of_group[group]  # (M,) voxel id of each sorted point
+        opens_voxel = torch.zeros_like(key, dtype=torch.bool)
+        opens_voxel[first_point] = True
+        voxel = (torch.cumsum(opens_voxel, dim=0) - 1)[first_point][group]  # (M,) voxel id of each sorted point
 
-        num_voxels = min(appearance.numel(), self.max_voxels)
+        num_voxels = min(group_start.numel(), self.max_voxels)
         keep = (voxel < num_voxels) & (slot < self.max_points_per_voxel)
         voxel, slot = voxel[keep], slot[keep]
         source = point_index[order[keep]]  # input row of each kept point
@@ -117,9 +117,8 @@ class Voxelizer:
         features = points.new_zeros((num_voxels, self.max_points_per_voxel, points.shape[1]))
         features[voxel, slot] = points[source]
         num_points = torch.bincount(voxel, minlength=num_voxels).int()
-        kept_groups = appearance[:num_voxels]
-        xyz = cell[first_point[kept_groups]]  # (V, 3) x y z
-        coords = xyz.flip(1).int()  # (V, 3) z y x
+        openers = torch.nonzero(opens_voxel).squeeze(1)[:num_voxels]  # in input order = voxel order
+        coords = cell[openers].flip(1).int()  # (V, 3) z y x
         return Voxels(features, num_points, coords, (nx, ny, nz))
 
     def voxelize_batch(self, clouds: Sequence[Tensor]) -> VoxelBatch:
