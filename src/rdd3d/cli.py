@@ -123,6 +123,105 @@ def _run_demo(args) -> None:
     print(f"generated {len(frames)} frames at {per_frame * 1000:.0f} ms/frame")
 
 
+# ----------------------------------------------------------------------------- train
+def _add_train(commands) -> None:
+    parser = commands.add_parser(
+        "train", help="train a detector (a teacher, or a student without distillation)",
+        description="Train a detector preset on the configured dataset. Run several processes with "
+                    "`torchrun --standalone --nproc_per_node=N -m rdd3d train ...` (see docs/training.md).",
+    )
+    parser.add_argument("--config", action="append", default=[], type=Path,
+                        help="YAML config file(s), merged in order (repeatable)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one config value, e.g. --set optim.lr=2e-3 (repeatable)")
+    parser.add_argument("--resume", nargs="?", const="last", default=None, metavar="CKPT",
+                        help="continue from CKPT (default: <output_dir>/last.pt)")
+    parser.set_defaults(handler=_run_train)
+
+
+def _run_train(args) -> None:
+    from rdd3d.engine.config import load_run_config
+    from rdd3d.engine.runs import train_detector
+
+    config = load_run_config(args.config, args.set)
+    result = train_detector(config, resume=args.resume)
+    if result.metrics:
+        print(f"finished at step {result.step}: mAP {result.metrics['mAP']:.4f}, NDS {result.metrics['NDS']:.4f}")
+
+
+# ----------------------------------------------------------------------------- eval
+def _add_eval(commands) -> None:
+    parser = commands.add_parser(
+        "eval", help="nuScenes-style mAP/NDS of a results file or of a trained checkpoint",
+        description="Either score a results JSON in the nuScenes submission format (--results) against a "
+                    "ground-truth source (--gt: a nuScenes dataroot read through nuscenes-devkit, a "
+                    "ground-truth JSON, or a dataset folder written by `rdd3d simulate`), or evaluate a "
+                    "checkpoint of `rdd3d train` on its synthetic validation split (--checkpoint).",
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--results", type=Path, help="results JSON in the nuScenes submission format")
+    source.add_argument("--checkpoint", type=Path, help="checkpoint written by `rdd3d train`")
+    parser.add_argument("--gt", help="ground truth for --results: nuScenes dataroot, GT JSON, or simulate folder")
+    parser.add_argument("--version", default="v1.0-trainval", help="nuScenes version (with a dataroot)")
+    parser.add_argument("--eval-set", default="val", help="nuScenes split, or the simulate folder's split")
+    parser.add_argument("--frames", type=int, default=0, help="with --checkpoint: first N val frames (0 = all)")
+    parser.add_argument("--device", default="auto", help="with --checkpoint: auto | cpu | cuda")
+    parser.add_argument("--write-results", type=Path, help="with --checkpoint: also write the submission JSON")
+    parser.add_argument("--out", type=Path, help="write the metrics as JSON here")
+    parser.set_defaults(handler=_run_eval)
+
+
+def _run_eval(args) -> None:
+    from rdd3d.evaluation import nuscenes_io
+
+    if args.results is not None:
+        if args.gt is None:
+            raise UsageError("--results needs --gt (nuScenes dataroot, ground-truth JSON or simulate folder)")
+        config, gt_source = None, args.gt
+        if (Path(args.gt) / "dataset.json").is_file():
+            config, gt_source = _simulated_ground_truth(Path(args.gt), args.eval_set)
+        metrics = nuscenes_io.evaluate_results_file(args.results, gt_source, version=args.version,
+                                                    eval_set=args.eval_set, config=config)
+    else:
+        metrics = _evaluate_checkpoint(args)
+    print(metrics.format_table())
+    if args.out is not None:
+        from rdd3d.fileio import write_json
+
+        write_json(args.out, metrics.to_dict())
+        print(f"wrote {args.out}")
+
+
+def _simulated_ground_truth(root: Path, split: str):
+    from rdd3d.data.synthetic.disk import DiskDataset
+    from rdd3d.evaluation.detection_metrics import frame_metric_config, frames_to_table
+
+    dataset = DiskDataset(root, split)
+    frames = [dataset[i] for i in range(len(dataset))]
+    return frame_metric_config(dataset.class_ranges, dataset.classes.names), frames_to_table(frames)
+
+
+def _evaluate_checkpoint(args):
+    from rdd3d.engine.detection_task import predict
+    from rdd3d.engine.distributed import init_distributed
+    from rdd3d.engine.runs import build_datasets, detector_from_checkpoint
+    from rdd3d.evaluation import nuscenes_io
+    from rdd3d.evaluation.detection_metrics import detections_to_table, evaluate_frames, frame_metric_config
+
+    context = init_distributed(args.device)
+    detector, config = detector_from_checkpoint(args.checkpoint, context.device)
+    _, val_set = build_datasets(config)
+    count = min(args.frames or len(val_set), len(val_set))
+    frames = [val_set[i] for i in range(count)]
+    detections = predict(detector, frames, context.device, config.eval.batch_size, show_progress=True)
+    if args.write_results is not None:
+        metric_config = frame_metric_config(val_set.class_ranges, val_set.classes.names)
+        nuscenes_io.write_results(args.write_results, detections_to_table(frames, detections), metric_config,
+                                  {"use_lidar": True, "checkpoint": str(args.checkpoint)})
+        print(f"wrote {args.write_results}")
+    return evaluate_frames(frames, detections, val_set.class_ranges)
+
+
 # ----------------------------------------------------------------------------- shared helpers
 def _add_world_overrides(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -136,7 +235,7 @@ def _world_config(overrides: Sequence[str]):
     return build_config(WorldConfig, overrides=overrides)
 
 
-COMMANDS: tuple[Callable, ...] = (_add_demo, _add_simulate, _add_show)
+COMMANDS: tuple[Callable, ...] = (_add_demo, _add_simulate, _add_show, _add_train, _add_eval)
 
 
 def build_parser() -> argparse.ArgumentParser:

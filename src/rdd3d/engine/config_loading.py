@@ -61,6 +61,14 @@ def build_config(
         raise ConfigError(f"config: {_describe(error)}") from None
 
 
+def config_from_dict(schema: type[Schema], values: dict, source: str) -> Schema:
+    """Rebuild a config from plain containers (e.g. the copy stored in a checkpoint)."""
+    merged = OmegaConf.structured(schema)
+    OmegaConf.set_readonly(merged, False)
+    merged = _merge(merged, OmegaConf.create(values), source=source)
+    return OmegaConf.to_object(merged)
+
+
 def to_yaml(config) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(config))
 
