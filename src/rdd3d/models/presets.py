@@ -1,0 +1,263 @@
+"""The named CenterPoint presets: the paper's teachers and SparseKD's compact students, per dataset.
+
+A preset is a family member (how it is compressed relative to its teacher) applied to a dataset
+setup (classes, heads, input and the family's base resolution and widths)::
+
+    build_detector("cp-voxel-s", dataset="nuscenes")
+    preset_config("cp-pillar-v0.64", dataset="synthetic", sparse_backend="torch")
+
+Families (SparseKD, NeurIPS 2022, as used by RDD):
+
+* **CP-Voxel**: MeanVFE, VoxelResBackBone8x, BEV backbone [5, 5] / strides [1, 2] / filters [128, 256]
+  / up-sampling [1, 2] to [256, 256], CenterHead with 64 shared channels. Students shrink widths:
+  S = {3D width 1, BEV width 0.5, head 32}, XS = {0.75, 0.5, 32}, XXS = {0.5, 0.25, 16}.
+* **CP-Pillar**: PillarVFE [64, 64], BEV backbone [3, 5, 5] / strides [1, 2, 2] / filters
+  [64, 128, 256] / up-sampling [1, 2, 4] to [128, 128, 128] (output at pillar resolution), head 64.
+  Students keep every width and grow the pillar: 0.32 m -> 0.4 / 0.48 / 0.64 m, with 20 -> 28 / 36 / 50
+  points per pillar; the x/y range moves to the nearest whole number of BEV backbone strides (SparseKD's
+  configs adjust it too), so teacher and student BEV maps differ in resolution.
+
+Datasets: ``nuscenes`` and ``kitti`` use the paper's sizes. ``synthetic`` is sized for a CPU: the
+same families with every channel count halved and every voxel/pillar twice as large, so the ratios
+between a teacher and its students stay the paper's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from functools import partial
+from typing import Callable
+
+from rdd3d.data.synthetic.catalog import CLASS_NAMES as SYNTHETIC_CLASSES
+from rdd3d.models.backbones2d import BEVBackboneConfig
+from rdd3d.models.detector import CenterPoint, CenterPointConfig
+from rdd3d.models.heads import CenterHeadConfig, DecodeConfig, LossConfig, NMSConfig
+
+
+@dataclass(frozen=True)
+class DatasetSetup:
+    """What a dataset fixes for every preset built on it."""
+
+    classes: tuple[str, ...]  # label order of the dataset's loader
+    class_groups: tuple[tuple[str, ...], ...]  # one CenterHead task per group
+    point_columns: tuple[str, ...]
+    with_velocity: bool
+    loss: LossConfig
+    decode: DecodeConfig
+    point_cloud_range: tuple[float, float, float, float, float, float]  # x0 y0 z0 x1 y1 z1
+    voxel_size: tuple[float, float, float]  # CP-Voxel family
+    max_points_per_voxel: int
+    max_voxels: tuple[int, int]  # train, test
+    max_pillars: tuple[int, int]  # train, test (CP-Pillar family)
+    pillar_scale: float = 1.0  # pillar sizes are the paper's times this
+    width_scale: float = 1.0  # every channel count is the paper's times this
+
+
+#: OpenPCDet's CenterPoint nuScenes class order and its six heads.
+NUSCENES = DatasetSetup(
+    classes=("car", "truck", "construction_vehicle", "bus", "trailer", "barrier", "motorcycle", "bicycle",
+             "pedestrian", "traffic_cone"),
+    class_groups=(("car",), ("truck", "construction_vehicle"), ("bus", "trailer"), ("barrier",),
+                  ("motorcycle", "bicycle"), ("pedestrian", "traffic_cone")),
+    point_columns=("x", "y", "z", "intensity", "time_lag"),
+    with_velocity=True,
+    loss=LossConfig(loc_weight=0.25, code_weights=(1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.2, 0.2, 1.0, 1.0)),
+    decode=DecodeConfig(
+        max_per_task=500, score_threshold=0.1, post_center_range=(-61.2, -61.2, -10.0, 61.2, 61.2, 10.0),
+        nms=NMSConfig(kind="rotated", iou_threshold=0.2, pre_max_size=1000, post_max_size=83),
+    ),
+    point_cloud_range=(-51.2, -51.2, -5.0, 51.2, 51.2, 3.0),
+    voxel_size=(0.1, 0.1, 0.2),
+    max_points_per_voxel=10,
+    max_voxels=(60000, 60000),
+    max_pillars=(30000, 30000),
+)
+
+#: OpenPCDet's KITTI CenterPoint settings (one head for the three classes, no velocity).
+KITTI = DatasetSetup(
+    classes=("Car", "Pedestrian", "Cyclist"),
+    class_groups=(("Car", "Pedestrian", "Cyclist"),),
+    point_columns=("x", "y", "z", "intensity"),
+    with_velocity=False,
+    loss=LossConfig(loc_weight=2.0, code_weights=(1.0,) * 8),
+    decode=DecodeConfig(
+        max_per_task=500, score_threshold=0.1, post_center_range=(-75.2, -75.2, -2.0, 75.2, 75.2, 4.0),
+        nms=NMSConfig(kind="rotated", iou_threshold=0.01, pre_max_size=4096, post_max_size=500),
+    ),
+    point_cloud_range=(0.0, -40.0, -3.0, 70.4, 40.0, 1.0),
+    voxel_size=(0.05, 0.05, 0.1),
+    max_points_per_voxel=5,
+    max_voxels=(16000, 40000),
+    max_pillars=(16000, 40000),
+)
+
+#: The built-in world: nuScenes-like input (two sweeps with a time lag) within +-38.4 m, where every
+#: pillar size of the family is a whole number of cells; vehicles, people and small static objects
+#: in three heads.
+SYNTHETIC = DatasetSetup(
+    classes=SYNTHETIC_CLASSES,
+    class_groups=(("car", "truck", "bus"), ("pedestrian", "cyclist"), ("traffic_cone", "barrier")),
+    point_columns=("x", "y", "z", "intensity", "time_lag"),
+    with_velocity=True,
+    loss=NUSCENES.loss,
+    decode=dataclasses.replace(NUSCENES.decode, post_center_range=(-48.4, -48.4, -10.0, 48.4, 48.4, 10.0)),
+    point_cloud_range=(-38.4, -38.4, -5.0, 38.4, 38.4, 3.0),
+    voxel_size=(0.2, 0.2, 0.2),
+    max_points_per_voxel=10,
+    max_voxels=(40000, 40000),
+    max_pillars=(20000, 20000),
+    pillar_scale=2.0,
+    width_scale=0.5,
+)
+
+DATASETS: dict[str, DatasetSetup] = {"nuscenes": NUSCENES, "kitti": KITTI, "synthetic": SYNTHETIC}
+
+#: CP-Voxel's BEV backbone (CenterPoint nuScenes / SparseKD Waymo); ``width`` is set per preset.
+VOXEL_BEV = BEVBackboneConfig(
+    layer_nums=(5, 5), layer_strides=(1, 2), num_filters=(128, 256), upsample_strides=(1, 2),
+    num_upsample_filters=(256, 256),
+)
+#: CP-Pillar's BEV backbone (SparseKD): its output keeps the pillar resolution.
+PILLAR_BEV = BEVBackboneConfig(
+    layer_nums=(3, 5, 5), layer_strides=(1, 2, 2), num_filters=(64, 128, 256), upsample_strides=(1, 2, 4),
+    num_upsample_filters=(128, 128, 128),
+)
+PILLAR_FILTERS = (64, 64)
+
+
+def _head(setup: DatasetSetup, head_channels: int) -> CenterHeadConfig:
+    return CenterHeadConfig(
+        class_groups=setup.class_groups, head_channels=_scaled(head_channels, setup.width_scale),
+        with_velocity=setup.with_velocity, loss=setup.loss, decode=setup.decode,
+    )
+
+
+def _scaled(channels: int, scale: float) -> int:
+    return max(1, int(channels * scale))
+
+
+def cp_voxel(setup: DatasetSetup, width_3d: float, width_2d: float, head_channels: int) -> CenterPointConfig:
+    """A CP-Voxel family member; widths relative to the teacher (1, 1, 64)."""
+    return CenterPointConfig(
+        classes=setup.classes,
+        point_cloud_range=setup.point_cloud_range,
+        voxel_size=setup.voxel_size,
+        max_points_per_voxel=setup.max_points_per_voxel,
+        max_voxels_train=setup.max_voxels[0],
+        max_voxels_test=setup.max_voxels[1],
+        point_columns=setup.point_columns,
+        encoder="mean_vfe",
+        backbone_3d_width=width_3d * setup.width_scale,
+        backbone_2d=dataclasses.replace(VOXEL_BEV, width=width_2d * setup.width_scale),
+        head=_head(setup, head_channels),
+    )
+
+
+def pillar_range(point_cloud_range: tuple[float, ...], pillar: float, multiple: int) -> tuple[float, ...]:
+    """``point_cloud_range`` with x and y grown or shrunk about their centre to the nearest multiple
+    of ``multiple`` pillars (e.g. nuScenes' +-51.2 m becomes +-50.88 m at 0.48 m for a multiple of 4)."""
+    fitted = list(point_cloud_range)
+    for axis in (0, 1):
+        low, high = point_cloud_range[axis], point_cloud_range[axis + 3]
+        cells = max(1, round((high - low) / (pillar * multiple))) * multiple
+        centre, half = (low + high) / 2, cells * pillar / 2
+        fitted[axis], fitted[axis + 3] = round(centre - half, 6), round(centre + half, 6)
+    return tuple(fitted)
+
+
+def cp_pillar(setup: DatasetSetup, pillar: float, max_points_per_pillar: int) -> CenterPointConfig:
+    """A CP-Pillar family member; ``pillar`` in metres at the paper's scale (teacher 0.32)."""
+    size = pillar * setup.pillar_scale
+    point_cloud_range = pillar_range(setup.point_cloud_range, size, math.prod(PILLAR_BEV.layer_strides))
+    return CenterPointConfig(
+        classes=setup.classes,
+        point_cloud_range=point_cloud_range,
+        voxel_size=(size, size, point_cloud_range[5] - point_cloud_range[2]),
+        max_points_per_voxel=max_points_per_pillar,
+        max_voxels_train=setup.max_pillars[0],
+        max_voxels_test=setup.max_pillars[1],
+        point_columns=setup.point_columns,
+        encoder="pillar",
+        pillar_filters=tuple(_scaled(c, setup.width_scale) for c in PILLAR_FILTERS),
+        backbone_2d=dataclasses.replace(PILLAR_BEV, width=setup.width_scale),
+        head=_head(setup, 64),
+    )
+
+
+#: Every preset: name -> how it is built from a dataset setup.
+PRESETS: dict[str, Callable[[DatasetSetup], CenterPointConfig]] = {
+    "cp-voxel": partial(cp_voxel, width_3d=1.0, width_2d=1.0, head_channels=64),
+    "cp-voxel-s": partial(cp_voxel, width_3d=1.0, width_2d=0.5, head_channels=32),
+    "cp-voxel-xs": partial(cp_voxel, width_3d=0.75, width_2d=0.5, head_channels=32),
+    "cp-voxel-xxs": partial(cp_voxel, width_3d=0.5, width_2d=0.25, head_channels=16),
+    "cp-pillar": partial(cp_pillar, pillar=0.32, max_points_per_pillar=20),
+    "cp-pillar-v0.4": partial(cp_pillar, pillar=0.4, max_points_per_pillar=28),
+    "cp-pillar-v0.48": partial(cp_pillar, pillar=0.48, max_points_per_pillar=36),
+    "cp-pillar-v0.64": partial(cp_pillar, pillar=0.64, max_points_per_pillar=50),
+}
+
+#: Each preset's teacher (a teacher is its own).
+TEACHERS: dict[str, str] = {
+    name: "cp-voxel" if name.startswith("cp-voxel") else "cp-pillar" for name in PRESETS
+}
+
+
+def list_presets() -> tuple[str, ...]:
+    return tuple(PRESETS)
+
+
+def list_datasets() -> tuple[str, ...]:
+    return tuple(DATASETS)
+
+
+def teacher_of(name: str) -> str:
+    _check_name(name)
+    return TEACHERS[name]
+
+
+def _check_name(name: str) -> None:
+    if name not in PRESETS:
+        raise ValueError(f"unknown detector preset {name!r}; known presets: {list(PRESETS)}")
+
+
+def preset_config(name: str, dataset: str = "synthetic", **overrides) -> CenterPointConfig:
+    """The config of preset ``name`` on ``dataset`` with ``overrides`` applied.
+
+    An override key names a :class:`CenterPointConfig` field, or a nested one with dots (pass those
+    as ``**{"head.head_channels": 32}``); lists become tuples. An unknown field is an error.
+    """
+    _check_name(name)
+    if dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r} for detector presets; known datasets: {list(DATASETS)}")
+    config = PRESETS[name](DATASETS[dataset])
+    for key, value in overrides.items():
+        config = _override(config, key.split("."), _as_tuples(value), key)
+    return config
+
+
+def _override(config, path: list[str], value, key: str):
+    """``config`` with the field at ``path`` replaced (dataclasses are rebuilt, so checks rerun)."""
+    fields = {f.name for f in dataclasses.fields(config)}
+    if path[0] not in fields:
+        raise ValueError(
+            f"detector override {key!r}: {type(config).__name__} has no field {path[0]!r}; fields: {sorted(fields)}"
+        )
+    if len(path) > 1:
+        inner = getattr(config, path[0])
+        if not dataclasses.is_dataclass(inner):
+            raise ValueError(f"detector override {key!r}: {type(config).__name__}.{path[0]} has no fields")
+        value = _override(inner, path[1:], value, key)
+    return dataclasses.replace(config, **{path[0]: value})
+
+
+def _as_tuples(value):
+    if isinstance(value, (list, tuple)):
+        return tuple(_as_tuples(item) for item in value)
+    return value
+
+
+def build_detector(name: str, dataset: str = "synthetic", **overrides) -> CenterPoint:
+    """A freshly initialised :class:`CenterPoint` for preset ``name`` on ``dataset``."""
+    return CenterPoint(preset_config(name, dataset, **overrides))
