@@ -1,0 +1,97 @@
+import pytest
+import torch
+from torch import nn
+
+from rdd3d.models.complexity import (
+    PAPER_GFLOPS, count_macs, count_parameters, flops_report, format_report, reference_points,
+)
+from rdd3d.models.presets import build_detector, list_presets
+from rdd3d.models.sparse import SparseTensor, SubMConv3d, spconv_available
+
+
+class TinyNet(nn.Module):
+    """One submanifold conv on a (1, 4, 4) grid, two dense convs, a BatchNorm and a linear layer."""
+
+    def __init__(self, backend: str = "torch") -> None:
+        super().__init__()
+        self.sparse = SubMConv3d(2, 3, 3, backend=backend)
+        self.conv = nn.Conv2d(3, 5, 3, padding=1)
+        self.up = nn.ConvTranspose2d(5, 2, 2, stride=2)
+        self.norm = nn.BatchNorm2d(2)
+        self.fc = nn.Linear(2, 7)
+
+    def forward(self, x: SparseTensor) -> torch.Tensor:
+        bev = self.sparse(x).dense().flatten(1, 2)  # (1, 3, 4, 4)
+        y = self.norm(self.up(self.conv(bev)))  # (1, 2, 8, 8)
+        return self.fc(y.permute(0, 2, 3, 1))  # (1, 8, 8, 7)
+
+
+def _tiny_input() -> SparseTensor:
+    # Sites (y, x): (0,0), (0,1), (1,1) touch one another; (3,3) is alone.
+    indices = torch.tensor([[0, 0, 0, 0], [0, 0, 0, 1], [0, 0, 1, 1], [0, 0, 3, 3]], dtype=torch.int32)
+    return SparseTensor(torch.randn(4, 2), indices, (1, 4, 4), batch_size=1)
+
+
+HAND_COUNT = {
+    "sparse": 10 * 2 * 3,  # 4 sites with themselves + 3 touching pairs both ways = 10 pairs, x C_in x C_out
+    "conv": 4 * 4 * 5 * 9 * 3,  # output cells x C_out x kernel x C_in
+    "up": 8 * 8 * 2 * 4 * 5,  # transposed: every output cell x C_out x kernel x C_in
+    "norm": 0,
+    "fc": 8 * 8 * 7 * 2,  # output rows x out x in
+}
+
+
+def test_macs_match_a_hand_count():
+    model = TinyNet().train()
+    report = count_macs(model, _tiny_input())
+    assert report.macs_by_part == HAND_COUNT
+    assert report.macs == sum(HAND_COUNT.values())
+    assert report.params == count_parameters(model) == 3 * 27 * 2 + (5 * 3 * 9 + 5) + (5 * 2 * 4 + 2) + 4 + 21
+    assert report.params_by_part["sparse"] == 162
+    assert model.training  # mode restored
+
+
+@pytest.mark.skipif(not spconv_available(), reason="spconv not installed")
+def test_spconv_backend_reports_the_same_pairs():
+    report = count_macs(TinyNet(backend="spconv"), _tiny_input())
+    assert report.macs_by_part["sparse"] == HAND_COUNT["sparse"]
+
+
+@pytest.fixture(scope="module")
+def synthetic_points():
+    return reference_points("synthetic")
+
+
+def test_detector_parts_add_up_and_the_pillar_encoder_is_counted_per_point(synthetic_points):
+    detector = build_detector("cp-pillar-v0.64", "synthetic")
+    report = count_macs(detector, [synthetic_points])
+    assert set(report.macs_by_part) == {"voxelizer", "encoder", "scatter", "backbone_2d", "head"}
+    assert sum(report.macs_by_part.values()) == report.macs
+    assert sum(report.params_by_part.values()) == report.params
+    assert report.macs_by_part["voxelizer"] == report.macs_by_part["scatter"] == 0
+    detector.eval()
+    kept_points = int(detector.voxelizer([synthetic_points]).num_points.sum())
+    first, last = (layer.linear for layer in detector.encoder.layers)
+    per_point = first.in_features * first.out_features + last.in_features * last.out_features
+    assert report.macs_by_part["encoder"] == kept_points * per_point
+    assert "backbone_2d" in format_report(report, "cp-pillar-v0.64")
+
+
+def test_flops_report_measures_the_teacher_for_the_ratio(synthetic_points):
+    report = flops_report(["cp-pillar-v0.64"], "synthetic", synthetic_points)
+    (row,) = report.rows
+    teacher = count_macs(build_detector("cp-pillar", "synthetic"), [synthetic_points])
+    assert row.teacher == "cp-pillar"
+    assert row.macs_ratio == pytest.approx(row.macs / teacher.macs)
+    assert row.params_ratio == 1.0
+    assert row.paper_macs_ratio == pytest.approx(85.1 / 333.9)
+    assert "| cp-pillar-v0.64 |" in report.table() and "85.1" in report.table()
+
+
+@pytest.mark.slow
+def test_nuscenes_ratios_are_the_papers(real_data):
+    """Student / teacher MACs on the real nuScenes sweep within 3 points of the paper's ratios."""
+    report = flops_report(list_presets(), "nuscenes", reference_points("nuscenes"))
+    for row in report.rows:
+        assert row.macs_ratio == pytest.approx(row.paper_macs_ratio, abs=0.03), row.preset
+        assert PAPER_GFLOPS[row.preset] == row.paper_gflops
