@@ -226,30 +226,41 @@ def preset_config(name: str, dataset: str = "synthetic", **overrides) -> CenterP
     """The config of preset ``name`` on ``dataset`` with ``overrides`` applied.
 
     An override key names a :class:`CenterPointConfig` field, or a nested one with dots (pass those
-    as ``**{"head.head_channels": 32}``); lists become tuples. An unknown field is an error.
+    as ``**{"head.head_channels": 32}``); a mapping value for a nested config overrides its fields;
+    lists become tuples. All overrides are applied before any check, so fields that must agree (a
+    pillar's z size and the z range) can change together. An unknown field is an error.
     """
     _check_name(name)
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r} for detector presets; known datasets: {list(DATASETS)}")
-    config = PRESETS[name](DATASETS[dataset])
+    changes: dict = {}
     for key, value in overrides.items():
-        config = _override(config, key.split("."), _as_tuples(value), key)
-    return config
+        *parents, leaf = key.split(".")
+        node = changes
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"detector override {key!r} conflicts with an override of {part!r} as a whole")
+        node[leaf] = value
+    return _override(PRESETS[name](DATASETS[dataset]), changes, prefix="")
 
 
-def _override(config, path: list[str], value, key: str):
-    """``config`` with the field at ``path`` replaced (dataclasses are rebuilt, so checks rerun)."""
-    fields = {f.name for f in dataclasses.fields(config)}
-    if path[0] not in fields:
-        raise ValueError(
-            f"detector override {key!r}: {type(config).__name__} has no field {path[0]!r}; fields: {sorted(fields)}"
-        )
-    if len(path) > 1:
-        inner = getattr(config, path[0])
-        if not dataclasses.is_dataclass(inner):
-            raise ValueError(f"detector override {key!r}: {type(config).__name__}.{path[0]} has no fields")
-        value = _override(inner, path[1:], value, key)
-    return dataclasses.replace(config, **{path[0]: value})
+def _override(config, changes: dict, prefix: str):
+    """``config`` rebuilt once with ``changes`` (nested mappings for nested configs), so its checks rerun."""
+    fields = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+    resolved = {}
+    for name, value in changes.items():
+        if name not in fields:
+            raise ValueError(
+                f"detector override {prefix + name!r}: {type(config).__name__} has no field {name!r}; "
+                f"fields: {sorted(fields)}"
+            )
+        if isinstance(value, dict):
+            if not dataclasses.is_dataclass(fields[name]):
+                raise ValueError(f"detector override {prefix + name!r}: {type(config).__name__}.{name} has no fields")
+            value = _override(fields[name], value, prefix + name + ".")
+        resolved[name] = _as_tuples(value)
+    return dataclasses.replace(config, **resolved)
 
 
 def _as_tuples(value):
