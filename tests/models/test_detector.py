@@ -52,7 +52,8 @@ def test_submodules_are_named_for_distillation_hooks():
     assert [name for name, _ in pillar.named_children()] == ["voxelizer", "encoder", "scatter", "backbone_2d", "head"]
     assert not list(voxel.voxelizer.parameters())
     assert voxel.feature_stride == 8 and pillar.feature_stride == 1
-    assert voxel.voxel_size == (0.2, 0.2, 0.2) and pillar.point_cloud_range == voxel.point_cloud_range
+    assert voxel.voxel_size == (0.2, 0.2, 0.2) and voxel.point_cloud_range == (-41.6, -41.6, -5.0, 41.6, 41.6, 3.0)
+    assert pillar.voxel_size == (1.28, 1.28, 8.0) and pillar.point_cloud_range[:2] == (-40.96, -40.96)
 
 
 def test_teacher_and_student_of_different_pillar_sizes_read_the_same_points(frame):
