@@ -54,7 +54,8 @@ def test_unusable_teacher_tensors_are_refused_or_skipped():
     pillar = build_detector("cp-pillar", "synthetic")
     with pytest.raises(ValueError, match="encoder.layers.0.linear.weight: not in the teacher's state dict"):
         init_student_from_teacher(pillar, small)
-    result = init_student_from_teacher(pillar, {"head.shared_conv.0.bias": torch.ones(32)}, strict=False)
+    ones = torch.ones_like(pillar.head.shared_conv[0].bias)
+    result = init_student_from_teacher(pillar, {"head.shared_conv.0.bias": ones}, strict=False)
     assert result.copied == ("head.shared_conv.0.bias",)
     assert "encoder.layers.0.linear.weight" in result.skipped
-    assert torch.equal(pillar.head.shared_conv[0].bias, torch.ones(32))
+    assert torch.equal(pillar.head.shared_conv[0].bias, ones)

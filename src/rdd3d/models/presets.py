@@ -18,8 +18,10 @@ Families (SparseKD, NeurIPS 2022, as used by RDD):
   configs adjust it too), so teacher and student BEV maps differ in resolution.
 
 Datasets: ``nuscenes`` and ``kitti`` use the paper's sizes. ``synthetic`` is sized for a CPU: the
-same families with every channel count halved and every voxel/pillar twice as large, so the ratios
-between a teacher and its students stay the paper's.
+same families with voxels and pillars twice as large, sparse 3D channels x0.5 and dense channels
+(BEV backbone, head, pillar net) x0.75. The coarser grid leaves fewer BEV cells per active voxel than
+on nuScenes; the dense widths make up for it, so that students keep the paper's share of their
+teacher's MACs (docs/models.md).
 """
 
 from __future__ import annotations
@@ -52,7 +54,8 @@ class DatasetSetup:
     max_voxels: tuple[int, int]  # train, test
     max_pillars: tuple[int, int]  # train, test (CP-Pillar family)
     pillar_scale: float = 1.0  # pillar sizes are the paper's times this
-    width_scale: float = 1.0  # every channel count is the paper's times this
+    sparse_width_scale: float = 1.0  # sparse 3D backbone channels are the paper's times this
+    dense_width_scale: float = 1.0  # so are the BEV backbone's, the head's and the pillar net's
 
 
 #: OpenPCDet's CenterPoint nuScenes class order and its six heads.
@@ -110,7 +113,8 @@ SYNTHETIC = DatasetSetup(
     max_voxels=(40000, 40000),
     max_pillars=(20000, 20000),
     pillar_scale=2.0,
-    width_scale=0.5,
+    sparse_width_scale=0.5,
+    dense_width_scale=0.75,
 )
 
 DATASETS: dict[str, DatasetSetup] = {"nuscenes": NUSCENES, "kitti": KITTI, "synthetic": SYNTHETIC}
@@ -130,7 +134,7 @@ PILLAR_FILTERS = (64, 64)
 
 def _head(setup: DatasetSetup, head_channels: int) -> CenterHeadConfig:
     return CenterHeadConfig(
-        class_groups=setup.class_groups, head_channels=_scaled(head_channels, setup.width_scale),
+        class_groups=setup.class_groups, head_channels=_scaled(head_channels, setup.dense_width_scale),
         with_velocity=setup.with_velocity, loss=setup.loss, decode=setup.decode,
     )
 
@@ -150,8 +154,8 @@ def cp_voxel(setup: DatasetSetup, width_3d: float, width_2d: float, head_channel
         max_voxels_test=setup.max_voxels[1],
         point_columns=setup.point_columns,
         encoder="mean_vfe",
-        backbone_3d_width=width_3d * setup.width_scale,
-        backbone_2d=dataclasses.replace(VOXEL_BEV, width=width_2d * setup.width_scale),
+        backbone_3d_width=width_3d * setup.sparse_width_scale,
+        backbone_2d=dataclasses.replace(VOXEL_BEV, width=width_2d * setup.dense_width_scale),
         head=_head(setup, head_channels),
     )
 
@@ -181,8 +185,8 @@ def cp_pillar(setup: DatasetSetup, pillar: float, max_points_per_pillar: int) ->
         max_voxels_test=setup.max_pillars[1],
         point_columns=setup.point_columns,
         encoder="pillar",
-        pillar_filters=tuple(_scaled(c, setup.width_scale) for c in PILLAR_FILTERS),
-        backbone_2d=dataclasses.replace(PILLAR_BEV, width=setup.width_scale),
+        pillar_filters=tuple(_scaled(c, setup.dense_width_scale) for c in PILLAR_FILTERS),
+        backbone_2d=dataclasses.replace(PILLAR_BEV, width=setup.dense_width_scale),
         head=_head(setup, 64),
     )
 
