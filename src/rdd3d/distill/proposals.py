@@ -1,0 +1,68 @@
+"""Region proposals for distillation: a model's own decoded detections, filtered per sample.
+
+RDD pairs regions at the boxes each model detects (rdd-method §3). Per sample, in this order:
+scores strictly above ``score_threshold``, then greedy rotated BEV NMS at ``nms_iou`` over all of
+the model's detections together (**class-agnostic**: a proposal names a region of the map, and two
+overlapping boxes of different classes are the same region; counting it twice would weigh it
+twice), then the ``max_per_sample`` best survivors. Everything is detached.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Sequence
+
+import torch
+from torch import Tensor
+
+from rdd3d.models.heads.prediction import Detections
+from rdd3d.models.nms import rotated_nms
+
+
+class Proposals(NamedTuple):
+    """Boxes of a whole batch, flat; ``batch_index`` says which sample each belongs to."""
+
+    boxes: Tensor  # (K, 7+) metric x y z dx dy dz yaw [...]
+    batch_index: Tensor  # (K,) long
+    scores: Tensor  # (K,)
+    labels: Tensor  # (K,) long
+
+    @property
+    def num_boxes(self) -> int:
+        return self.boxes.shape[0]
+
+    @staticmethod
+    def cat(*parts: "Proposals") -> "Proposals":
+        """Join proposal sets in order (RDD: the teacher's, then the student's). Boxes keep the
+        columns every part has, so a 7-column set joins a 9-column one."""
+        if not parts:
+            raise ValueError("Proposals.cat needs at least one set of proposals")
+        columns = min(part.boxes.shape[1] for part in parts)
+        return Proposals(
+            torch.cat([part.boxes[:, :columns] for part in parts]),
+            torch.cat([part.batch_index for part in parts]),
+            torch.cat([part.scores for part in parts]),
+            torch.cat([part.labels for part in parts]),
+        )
+
+
+def select_proposals(
+    detections: Sequence[Detections],
+    score_threshold: float = 0.1,
+    nms_iou: float = 0.2,
+    max_per_sample: int = 100,
+) -> Proposals:
+    """One model's detections of a batch (``detections[b]`` for sample b) -> its proposals, sample by
+    sample and best first within a sample."""
+    if not detections:
+        raise ValueError("select_proposals: got no samples (an empty list of Detections)")
+    if max_per_sample < 0:
+        raise ValueError(f"select_proposals: max_per_sample must be >= 0, got {max_per_sample}")
+    kept = []
+    for sample, found in enumerate(detections):
+        boxes, scores, labels = (tensor.detach() for tensor in found)
+        confident = scores > score_threshold
+        boxes, scores, labels = boxes[confident], scores[confident], labels[confident]
+        order = rotated_nms(boxes, scores, nms_iou, post_max_size=max_per_sample)
+        index = torch.full_like(order, sample)
+        kept.append(Proposals(boxes[order], index, scores[order], labels[order].long()))
+    return Proposals.cat(*kept)

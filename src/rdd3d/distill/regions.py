@@ -1,0 +1,129 @@
+"""Reading BEV maps at metric places: rotated box pooling, resampling between grids, Gaussian areas.
+
+Every function takes metric coordinates and the map's own :class:`BEVGeometry`, so a teacher and a
+student whose maps differ in voxel size, stride or range are read at the same place in the world.
+Bilinear sampling uses ``grid_sample`` with ``align_corners=False``, which puts cell ``j``'s centre
+at ``j + 0.5`` as :meth:`BEVGeometry.metric_to_cells` does; samples off the map read zeros.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from rdd3d.distill.base import BEVGeometry
+from rdd3d.models.heads.targets import BEVGrid, box_cells
+
+#: A normalised sampling coordinate beyond the map: ``grid_sample`` reads zeros there.
+_OFF_MAP = 2.0
+
+
+def _sampling_grid(xy: Tensor, geometry: BEVGeometry, map_size: tuple[int, int]) -> Tensor:
+    """``(..., 2)`` metric x, y -> ``grid_sample`` coordinates in [-1, 1] over an ``(H, W)`` map."""
+    height, width = map_size
+    cells = geometry.metric_to_cells(xy)  # (..., 2) column, row
+    return cells * cells.new_tensor([2.0 / width, 2.0 / height]) - 1.0
+
+
+def sample_points(feature_map: Tensor, geometry: BEVGeometry, xy: Tensor, batch_index: Tensor) -> Tensor:
+    """Bilinear values of ``feature_map`` (B, C, H, W) at metric points ``xy`` (K, P, 2), point set
+    ``k`` read in sample ``batch_index[k]`` -> ``(K, C, P)``. One ``grid_sample`` call for the batch:
+    sets are laid out per sample and padded to the largest count with off-map points."""
+    batch, channels, height, width = feature_map.shape
+    count, points = xy.shape[:2]
+    counts = torch.bincount(batch_index, minlength=batch)  # (B,)
+    if counts.numel() > batch:
+        raise ValueError(f"sample_points: batch_index reaches {counts.numel() - 1} but the map holds {batch} samples")
+    starts = counts.cumsum(0) - counts
+    order = torch.argsort(batch_index, stable=True)
+    slot = torch.empty_like(batch_index)
+    slot[order] = torch.arange(count, device=xy.device) - starts[batch_index[order]]  # place within its sample
+
+    grid = xy.new_full((batch, int(counts.max()) if count else 0, points, 2), _OFF_MAP)
+    grid[batch_index, slot] = _sampling_grid(xy, geometry, (height, width))
+    sampled = F.grid_sample(feature_map, grid.to(feature_map.dtype), mode="bilinear", padding_mode="zeros",
+                            align_corners=False)  # (B, C, K_max, P)
+    return sampled.permute(0, 2, 1, 3)[batch_index, slot]  # (K, C, P)
+
+
+def box_grid_points(boxes: Tensor, grid_size: int) -> Tensor:
+    """``(K, 7+)`` metric boxes -> ``(K, grid_size², 2)`` metric x, y: the centres of a ``grid_size ×
+    grid_size`` split of each rotated BEV rectangle, row-major with rows across the box (its ``dy``
+    axis) and columns along its heading (``dx``)."""
+    steps = (torch.arange(grid_size, device=boxes.device, dtype=boxes.dtype) + 0.5) / grid_size - 0.5
+    across, along = torch.meshgrid(steps, steps, indexing="ij")  # (g, g) fractions of dy, dx
+    local_x = along.reshape(1, -1) * boxes[:, 3:4]  # (K, g²) metres along the heading
+    local_y = across.reshape(1, -1) * boxes[:, 4:5]
+    cos, sin = torch.cos(boxes[:, 6:7]), torch.sin(boxes[:, 6:7])
+    x = boxes[:, 0:1] + cos * local_x - sin * local_y
+    y = boxes[:, 1:2] + sin * local_x + cos * local_y
+    return torch.stack([x, y], dim=-1)
+
+
+def pool_boxes(
+    feature_map: Tensor, geometry: BEVGeometry, boxes: Tensor, batch_index: Tensor, grid_size: int = 7
+) -> Tensor:
+    """Rotated BEV grid pooling: ``feature_map`` (B, C, H, W) read bilinearly at ``grid_size²`` points
+    spread over each metric box (x, y, dx, dy, yaw of ``boxes`` (K, 7+)) in sample ``batch_index`` (K,)
+    -> ``(K, C, grid_size, grid_size)``, laid out as :func:`box_grid_points`."""
+    if grid_size < 1:
+        raise ValueError(f"pool_boxes: grid_size must be >= 1, got {grid_size}")
+    if boxes.ndim != 2 or boxes.shape[1] < 7 or batch_index.shape != boxes.shape[:1]:
+        raise ValueError(f"pool_boxes: needs boxes (K, 7+) and batch_index (K,), got {tuple(boxes.shape)} and "
+                         f"{tuple(batch_index.shape)}")
+    points = box_grid_points(boxes, grid_size)  # (K, g², 2)
+    pooled = sample_points(feature_map, geometry, points, batch_index)  # (K, C, g²)
+    return pooled.reshape(boxes.shape[0], feature_map.shape[1], grid_size, grid_size)
+
+
+def resample_to(feature_map: Tensor, source: BEVGeometry, target: BEVGeometry, map_size: tuple[int, int]) -> Tensor:
+    """``feature_map`` (B, C, h, w) on ``source``'s grid, read bilinearly at the cell centres of an
+    ``(H, W)`` map on ``target``'s grid -> ``(B, C, H, W)``; the map itself when the grids are one."""
+    if source == target and tuple(feature_map.shape[-2:]) == tuple(map_size):
+        return feature_map
+    height, width = map_size
+    dtype = torch.promote_types(feature_map.dtype, torch.float32)
+    rows = torch.arange(height, device=feature_map.device, dtype=dtype) + 0.5
+    columns = torch.arange(width, device=feature_map.device, dtype=dtype) + 0.5
+    cells = torch.stack(torch.meshgrid(columns, rows, indexing="xy"), dim=-1)  # (H, W, 2) column, row
+    xy = cells * cells.new_tensor(target.cell_size) + cells.new_tensor(target.point_cloud_range[:2])
+    grid = _sampling_grid(xy, source, tuple(feature_map.shape[-2:]))
+    grid = grid.to(feature_map.dtype).expand(feature_map.shape[0], -1, -1, -1)
+    return F.grid_sample(feature_map, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+class GaussianArea(NamedTuple):
+    """The cells of each box's Gaussian area on one map: a disc of the target assigner's radius about
+    the box's centre cell, cut to the map."""
+
+    flat_index: Tensor  # (K, A) long, row * W + column (0 where masked out)
+    mask: Tensor  # (K, A) bool: the cell is in the disc and on the map (the centre cell always is)
+    on_map: Tensor  # (K,) bool: the box centre lies on the map
+
+
+def gaussian_areas(boxes: Tensor, grid: BEVGrid, gaussian_overlap: float = 0.1, min_radius: int = 2) -> GaussianArea:
+    """Gaussian areas of ``(K, 7+)`` metric boxes on ``grid``; centre cell and radius as CenterPoint's
+    targets place them (:func:`rdd3d.models.heads.targets.box_cells`). ``A = (2 R + 1)²`` for the
+    largest radius ``R`` among the boxes."""
+    cells = box_cells(boxes, grid, gaussian_overlap, min_radius)
+    largest = int(cells.radius.max()) if boxes.shape[0] else 0
+    steps = torch.arange(-largest, largest + 1, device=boxes.device)
+    offset_row, offset_column = (offset.reshape(1, -1) for offset in torch.meshgrid(steps, steps, indexing="ij"))
+    columns = cells.cell[:, 0:1] + offset_column  # (K, A)
+    rows = cells.cell[:, 1:2] + offset_row
+    in_disc = offset_column ** 2 + offset_row ** 2 <= cells.radius[:, None] ** 2
+    on_map = (columns >= 0) & (columns < grid.width) & (rows >= 0) & (rows < grid.height)
+    mask = in_disc & on_map
+    flat_index = torch.where(mask, rows * grid.width + columns, 0)
+    return GaussianArea(flat_index, mask, cells.inside)
+
+
+def gather_area(feature_map: Tensor, area: GaussianArea, batch_index: Tensor) -> Tensor:
+    """``feature_map`` (B, C, H, W) at each area's cells in sample ``batch_index`` (K,) -> ``(K, C, A)``
+    (masked-out cells read the map's first cell; weigh them with ``area.mask``)."""
+    batch, channels, height, width = feature_map.shape
+    cells = feature_map.permute(0, 2, 3, 1).reshape(batch * height * width, channels)  # (B*H*W, C)
+    return cells[batch_index[:, None] * (height * width) + area.flat_index].transpose(1, 2)
