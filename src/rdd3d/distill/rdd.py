@@ -1,0 +1,231 @@
+"""Representation Disparity-aware Distillation (RDD; Li et al., ICCV 2023), as ``rdd-method.md`` fixes it.
+
+One step, for a teacher T and a student S (``[paper]`` the paper states it, ``[ours]`` our choice)::
+
+    proposals   teacher's M and student's N decoded detections (score > 0.1, NMS 0.2, <= K)   [paper + ours]
+    pairs       every proposal's box pooled on both BEV maps (7 x 7 rotated grid, each map through
+                its own geometry), the student's after the adapter ψ                          [paper + ours]
+    normalise   channel softmax with temperature τ at every grid position                     [paper]
+    disparity   d_i = mean over the grid of ||R̂_i^S - R̂_i^T||² (no gradient), d̃_i = d_i / max_j d_j [ours]
+    selection   m*_i = 1 if d̃_i >= λ else 0 (options: top-ρ, soft, all; no gradient)           [paper + ours]
+    L_feat      1/(M+N) Σ_i m*_i · dist_i(ψ-pooled student, pooled teacher)                    [paper]
+    L_logit     1/(M+N) Σ_i m*_i · mean L1 of sigmoid heatmaps inside proposal i's Gaussian area [paper + ours]
+
+and the student's loss is ``L_det + α1·L_feat + α2·L_logit``. Details and the reasons for each
+``[ours]`` choice are in ``docs/distillation.md`` (section "RDD").
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from rdd3d.distill.base import DistillLoss, DistillStep, ModelView, adapter
+from rdd3d.distill.proposals import Proposals, select_proposals
+from rdd3d.distill.regions import gather_area, gaussian_areas, pool_boxes, resample_to
+from rdd3d.models.heads.targets import BEVGrid
+
+SELECTIONS = ("threshold", "topk_ratio", "soft", "all")
+FEATURE_DISTANCES = ("mse", "l2")
+
+
+@dataclass(frozen=True)
+class RDDConfig:
+    tau: float = 4.0  # [paper] softmax temperature over channels
+    lam: float = 0.1  # [paper] λ of the inner selection problem
+    alpha_feature: float = 0.2  # [paper] α1
+    alpha_logit: float = 0.2  # [paper] α2
+    selection: str = "threshold"  # [ours] threshold | topk_ratio | soft | all
+    topk_ratio: float = 0.6  # [ours] ρ: share of pairs kept by topk_ratio (IDa-Det)
+    score_threshold: float = 0.1  # [ours] proposals: detections scoring strictly above
+    nms_iou: float = 0.2  # [ours] proposals: class-agnostic rotated BEV NMS per model
+    max_proposals: int = 100  # [ours] proposals per model and sample (K)
+    grid_size: int = 7  # [ours] pooled samples per box side
+    feature_distance: str = "mse"  # [ours] mse: mean over the grid of the squared difference; l2: patch norm
+    use_feature: bool = True  # distil the student's BEV map (ablation: logit only)
+    use_logit: bool = True  # distil the student's heatmaps (ablation: feature only)
+    gaussian_overlap: float = 0.1  # [ours] Gaussian area radius as CenterPoint's targets (min overlap)
+    min_radius: int = 2  # [ours] ... and smallest radius, in teacher map cells
+
+    def __post_init__(self) -> None:
+        checks = {
+            "tau": (self.tau > 0, "> 0"),
+            "lam": (0 <= self.lam < 1, "in [0, 1)"),
+            "alpha_feature": (self.alpha_feature >= 0, ">= 0"),
+            "alpha_logit": (self.alpha_logit >= 0, ">= 0"),
+            "selection": (self.selection in SELECTIONS, f"one of {SELECTIONS}"),
+            "topk_ratio": (0 < self.topk_ratio <= 1, "in (0, 1]"),
+            "nms_iou": (0 <= self.nms_iou <= 1, "in [0, 1]"),
+            "max_proposals": (self.max_proposals >= 0, ">= 0"),
+            "grid_size": (self.grid_size >= 1, ">= 1"),
+            "feature_distance": (self.feature_distance in FEATURE_DISTANCES, f"one of {FEATURE_DISTANCES}"),
+            "use_feature": (self.use_feature or self.use_logit, "true when use_logit is false"),
+            "gaussian_overlap": (0 < self.gaussian_overlap < 1, "in (0, 1)"),
+            "min_radius": (self.min_radius >= 0, ">= 0"),
+        }
+        for name, (valid, expected) in checks.items():
+            if not valid:
+                raise ValueError(f"RDDConfig.{name} must be {expected}, got {getattr(self, name)!r}")
+
+
+class RegionPairs(NamedTuple):
+    """The region pairs of one step and how the inner problem weighed them (all without gradient)."""
+
+    proposals: Proposals  # M teacher proposals, then N student proposals
+    num_teacher: int  # M
+    disparity: Tensor  # (M+N,) d_i: mean over the grid of the squared channel-softmax difference
+    normalised: Tensor  # (M+N,) d̃_i = d_i / max_j d_j
+    weights: Tensor  # (M+N,) m*_i in [0, 1]
+
+    @property
+    def from_teacher(self) -> Tensor:  # (M+N,) bool: the pair comes from a teacher proposal
+        return torch.arange(self.disparity.shape[0], device=self.disparity.device) < self.num_teacher
+
+
+def normalise_disparity(disparity: Tensor) -> Tensor:
+    """d̃ = d / max d over the step's pairs (all zeros when every pair agrees exactly)."""
+    if disparity.numel() == 0:
+        return disparity
+    return disparity / disparity.max().clamp_min(torch.finfo(disparity.dtype).tiny)
+
+
+def selection_weights(normalised: Tensor, config: RDDConfig) -> Tensor:
+    """m* from d̃ (P,) -> (P,) in [0, 1].
+
+    ``threshold``: 1 where d̃ >= λ, the minimiser of Σ m_i (λ - d̃_i) on [0, 1] (a tie may take
+    either value; we distil it, so λ = 0 keeps every pair). ``topk_ratio``: 1 on the ceil(ρ·P) most
+    disparate pairs. ``soft``: clip((d̃ - λ) / (1 - λ), 0, 1). ``all``: 1 everywhere.
+    """
+    if config.selection == "threshold":
+        return (normalised >= config.lam).to(normalised.dtype)
+    if config.selection == "topk_ratio":
+        weights = torch.zeros_like(normalised)
+        keep = math.ceil(config.topk_ratio * normalised.numel())
+        return weights.index_fill_(0, normalised.topk(keep).indices, 1.0)
+    if config.selection == "soft":
+        return ((normalised - config.lam) / (1 - config.lam)).clamp(0, 1)
+    return torch.ones_like(normalised)
+
+
+def _tap(view: ModelView, name: str, role: str) -> Any:
+    if name not in view.taps:
+        raise ValueError(f"RDD reads the {role}'s tap '{name}', but its taps are {sorted(view.taps)}; "
+                         f"declare it in the distiller's taps (see docs/distillation.md)")
+    return view.taps[name]
+
+
+def _heatmaps(record: Any) -> list[Tensor]:
+    """A head tap as class-logit maps (B, C, H, W): one tensor, or a sequence of tensors or of objects
+    with a ``heatmap`` field (CenterPoint's TaskPrediction, one per class group)."""
+    if isinstance(record, Tensor):
+        return [record]
+    if hasattr(record, "heatmap"):
+        return [record.heatmap]
+    return [getattr(item, "heatmap", item) for item in record]
+
+
+class RDDLoss(DistillLoss):
+    """RDD's loss terms on the taps ``"bev"`` (neck map, (B, C, H, W)) and ``"head"`` (heatmaps).
+
+    ψ (1×1 conv + BN + ReLU, ``student_channels -> teacher_channels``) is always built, as the paper's
+    Eq. 8 has it, also when the widths agree. ``forward`` returns ``{"rdd/feature": α1·L_feat,
+    "rdd/logit": α2·L_logit}``; with ``use_feature`` off the student's map is not distilled and
+    ``"rdd/adapter"`` trains ψ alone (on the detached map), so the disparities it measures stay
+    meaningful. ``last_pairs`` holds the latest step's :class:`RegionPairs`.
+    """
+
+    def __init__(self, config: RDDConfig, student_channels: int, teacher_channels: int) -> None:
+        super().__init__()
+        self.config = config
+        self.student_channels = student_channels
+        self.teacher_channels = teacher_channels
+        self.adapter = adapter(student_channels, teacher_channels)
+        self.last_pairs: RegionPairs | None = None
+
+    def forward(self, step: DistillStep) -> dict[str, Tensor]:
+        proposals, num_teacher = self._proposals(step)
+        teacher, student = self._patches(step, proposals, detach_student=not self.config.use_feature)
+        pairs = self._pairs(proposals, num_teacher, teacher, student)
+        self.last_pairs = pairs
+        count = max(proposals.num_boxes, 1)  # M + N; with no pair every term is an empty sum, 0
+        feature = (pairs.weights * self._distance(student, teacher)).sum() / count
+        terms = {"rdd/feature" if self.config.use_feature else "rdd/adapter": self.config.alpha_feature * feature}
+        if self.config.use_logit:
+            logit = (pairs.weights * self._logit_disagreement(step, proposals)).sum() / count
+            terms["rdd/logit"] = self.config.alpha_logit * logit
+        return terms
+
+    @torch.no_grad()
+    def pair_disparities(self, step: DistillStep) -> RegionPairs:
+        """The region pairs of ``step`` and their disparities, without a loss (for reports; put the
+        loss in eval mode first so that ψ's BatchNorm uses and keeps its running statistics)."""
+        proposals, num_teacher = self._proposals(step)
+        return self._pairs(proposals, num_teacher, *self._patches(step, proposals, detach_student=True))
+
+    def _proposals(self, step: DistillStep) -> tuple[Proposals, int]:
+        """Bilateral proposals: the teacher's M, then the student's N (from its detached output)."""
+        config = self.config
+        per_model = [
+            select_proposals(view.detections(), config.score_threshold, config.nms_iou, config.max_proposals)
+            for view in (step.teacher, step.student)
+        ]
+        return Proposals.cat(*per_model), per_model[0].num_boxes
+
+    def _patches(self, step: DistillStep, proposals: Proposals, detach_student: bool) -> tuple[Tensor, Tensor]:
+        """Channel-softmax-normalised pooled patches of both maps at every proposal: (P, C_T, g, g) each."""
+        teacher_map = _tap(step.teacher, "bev", "teacher")  # (B, C_T, H_T, W_T)
+        student_map = _tap(step.student, "bev", "student")  # (B, C_S, H_S, W_S)
+        for role, feature_map, channels in (("teacher", teacher_map, self.teacher_channels),
+                                            ("student", student_map, self.student_channels)):
+            if feature_map.ndim != 4 or feature_map.shape[1] != channels:
+                raise ValueError(f"RDD: the {role}'s 'bev' tap must be (B, {channels}, H, W) as RDDLoss was built, "
+                                 f"got {tuple(feature_map.shape)}")
+        adapted = self.adapter(student_map.detach() if detach_student else student_map)  # (B, C_T, H_S, W_S)
+        boxes, index, grid = proposals.boxes, proposals.batch_index, self.config.grid_size
+        teacher = pool_boxes(teacher_map, step.teacher.geometry, boxes, index, grid)
+        student = pool_boxes(adapted, step.student.geometry, boxes, index, grid)
+        tau = self.config.tau
+        return F.softmax(teacher / tau, dim=1), F.softmax(student / tau, dim=1)
+
+    def _pairs(self, proposals: Proposals, num_teacher: int, teacher: Tensor, student: Tensor) -> RegionPairs:
+        disparity = _mean_squared_distance(student.detach(), teacher.detach())
+        normalised = normalise_disparity(disparity)
+        return RegionPairs(proposals, num_teacher, disparity, normalised, selection_weights(normalised, self.config))
+
+    def _distance(self, student: Tensor, teacher: Tensor) -> Tensor:
+        """Per-pair distance of (P, C, g, g) patches -> (P,)."""
+        if self.config.feature_distance == "mse":
+            return _mean_squared_distance(student, teacher)
+        return (student - teacher).flatten(1).norm(dim=1)
+
+    def _logit_disagreement(self, step: DistillStep, proposals: Proposals) -> Tensor:
+        """Per-pair mean L1 of the sigmoid heatmaps inside each proposal's Gaussian area on the
+        teacher's grid, mean over heads -> (P,); 0 for a proposal centred off the teacher's map."""
+        teacher_maps = _heatmaps(_tap(step.teacher, "head", "teacher"))
+        student_maps = _heatmaps(_tap(step.student, "head", "student"))
+        if [m.shape[1] for m in teacher_maps] != [m.shape[1] for m in student_maps]:
+            raise ValueError(f"RDD: teacher and student heads must predict the same classes per head, got "
+                             f"{[m.shape[1] for m in teacher_maps]} and {[m.shape[1] for m in student_maps]} channels")
+        map_size = tuple(teacher_maps[0].shape[-2:])
+        geometry = step.teacher.geometry
+        grid = BEVGrid.from_voxels(geometry.point_cloud_range, geometry.voxel_size, geometry.feature_stride, map_size)
+        area = gaussian_areas(proposals.boxes, grid, self.config.gaussian_overlap, self.config.min_radius)
+        cells = area.mask.sum(dim=1).clamp_min(1)  # (P,)
+        per_head = []
+        for teacher_map, student_map in zip(teacher_maps, student_maps):
+            student_probs = resample_to(student_map.sigmoid(), step.student.geometry, geometry, map_size)
+            difference = gather_area(student_probs, area, proposals.batch_index) - gather_area(
+                teacher_map.sigmoid(), area, proposals.batch_index)  # (P, C, A)
+            inside = difference.abs() * area.mask[:, None, :]
+            per_head.append(inside.sum(dim=(1, 2)) / (cells * teacher_map.shape[1]))
+        return torch.stack(per_head).mean(dim=0) * area.on_map
+
+
+def _mean_squared_distance(student: Tensor, teacher: Tensor) -> Tensor:
+    """(P, C, g, g) patches -> (P,): the squared difference summed over channels, averaged over the grid."""
+    return (student - teacher).pow(2).sum(dim=1).mean(dim=(1, 2))
