@@ -76,3 +76,45 @@ def test_train_resume_and_evaluate_checkpoint(tmp_path, capsys):
     results = json.loads((tmp_path / "r.json").read_text())
     assert set(results["results"]) == {"val_000000", "val_000001"}
     assert "NDS" in capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def tiny_teacher(tmp_path_factory):
+    out = tmp_path_factory.mktemp("teacher")
+    assert main(["train", "--set", f"output_dir={out}", *TINY_RUN, "--set", "model.preset=cp-voxel-s"]) == 0
+    return out / "last.pt"
+
+
+DISTILL_RUN = ["--set", "data.train_size=2", "--set", "data.val_size=1", "--set", "trainer.batch_size=2",
+               "--set", "trainer.num_workers=0", "--set", "trainer.epochs=1"]
+
+
+@pytest.mark.parametrize("method", [
+    "rdd", "lad",
+    *[pytest.param(m, marks=pytest.mark.slow) for m in ("hint", "fg", "gid-l", "gid-f", "pp-logit", "kd")],
+])
+def test_distill_logs_every_loss_term(tmp_path, tiny_teacher, method):
+    out = tmp_path / method
+    assert main(["distill", "--teacher", str(tiny_teacher), "--student", "cp-voxel-xxs", "--method", method,
+                 "--set", f"output_dir={out}", *DISTILL_RUN]) == 0
+    record = read_log(out / "log.jsonl", "train")[-1]
+    terms = [key for key in record if key.startswith("loss/") and key != "loss/total"]
+    assert {"loss/det/heatmap", "loss/det/location"} <= set(terms)
+    assert record["loss/total"] == pytest.approx(sum(record[key] for key in terms), rel=1e-5)
+    if method == "rdd":
+        assert {"loss/rdd/feature", "loss/rdd/logit"} <= set(terms)
+    # The checkpoint evaluates as the student it trained.
+    assert main(["eval", "--checkpoint", str(out / "last.pt"), "--frames", "1", "--device", "cpu"]) == 0
+
+
+def test_distill_refuses_a_teacher_of_another_dataset_or_a_missing_one(tmp_path, capsys):
+    assert main(["distill", "--teacher", str(tmp_path / "none.pt"), "--student", "cp-voxel-xxs",
+                 "--method", "rdd", *DISTILL_RUN]) == EXIT_FAILURE
+    assert "none.pt: checkpoint not found" in capsys.readouterr().err
+
+
+def test_flops_table_and_unknown_preset(tmp_path, capsys):
+    assert main(["flops", "cp-voxel-xxs", "--json", str(tmp_path / "f.json")]) == 0
+    rows = json.loads((tmp_path / "f.json").read_text())
+    assert rows[0]["preset"] == "cp-voxel-xxs" and 0.05 < rows[0]["macs_ratio"] < 0.2
+    assert main(["flops", "cp-voxel-tiny"]) == EXIT_USAGE

@@ -144,9 +144,45 @@ def _run_train(args) -> None:
     from rdd3d.engine.runs import train_detector
 
     config = load_run_config(args.config, args.set)
-    result = train_detector(config, resume=args.resume)
+    _print_result(train_detector(config, resume=args.resume))
+
+
+def _print_result(result) -> None:
     if result.metrics:
         print(f"finished at step {result.step}: mAP {result.metrics['mAP']:.4f}, NDS {result.metrics['NDS']:.4f}")
+
+
+# ----------------------------------------------------------------------------- distill
+def _add_distill(commands) -> None:
+    from rdd3d.distill.methods import METHODS
+
+    parser = commands.add_parser(
+        "distill", help="train a student preset from a trained teacher with RDD or a baseline",
+        description="Distil a student from a frozen teacher checkpoint (written by `rdd3d train`). Every loss "
+                    "term is logged separately. Method options: --set distill.<method>.<field>=... "
+                    "(e.g. distill.rdd.lam=0.2); see docs/distillation.md.",
+    )
+    parser.add_argument("--teacher", required=True, type=Path, help="teacher checkpoint from `rdd3d train`")
+    parser.add_argument("--student", required=True, help="student preset, e.g. cp-voxel-xxs")
+    parser.add_argument("--method", required=True, choices=METHODS)
+    parser.add_argument("--config", action="append", default=[], type=Path, help="YAML config file(s)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
+    parser.add_argument("--resume", nargs="?", const="last", default=None, metavar="CKPT",
+                        help="continue from CKPT (default: <output_dir>/last.pt)")
+    parser.set_defaults(handler=_run_distill)
+
+
+def _run_distill(args) -> None:
+    from rdd3d.engine.config import RunConfig, load_run_config
+    from rdd3d.engine.runs import distill_student
+
+    chosen = [f"model.preset={args.student}", f"distill.method={args.method}",
+              f"distill.teacher_checkpoint={args.teacher}"]
+    config = load_run_config(args.config, [*chosen, *args.set])
+    if config.output_dir == RunConfig().output_dir:  # neither a file nor --set chose one
+        config.output_dir = str(Path("runs") / f"{args.student}-{args.method}")
+    result = distill_student(config, resume=args.resume)
+    _print_result(result)
 
 
 # ----------------------------------------------------------------------------- eval
@@ -222,6 +258,39 @@ def _evaluate_checkpoint(args):
     return evaluate_frames(frames, detections, val_set.class_ranges)
 
 
+# ----------------------------------------------------------------------------- flops
+def _add_flops(commands) -> None:
+    parser = commands.add_parser(
+        "flops", help="parameters and MACs of presets, with the ratio to their teacher",
+        description="Count parameters and multiply-accumulates (sparse convolutions as active pairs x C_in x "
+                    "C_out, as SparseKD counts them) on one real frame (nuScenes, KITTI; found through "
+                    "RDD3D_REAL_DATA) or one synthetic frame, beside the paper's figures.",
+    )
+    parser.add_argument("presets", nargs="*", help="preset names (default: every preset)")
+    parser.add_argument("--dataset", default="synthetic", help="synthetic | nuscenes | kitti")
+    parser.add_argument("--json", type=Path, help="also write the rows as JSON")
+    parser.set_defaults(handler=_run_flops)
+
+
+def _run_flops(args) -> None:
+    import dataclasses
+
+    from rdd3d.models.complexity import flops_report, reference_points
+    from rdd3d.models.presets import list_datasets, list_presets
+
+    if args.dataset not in list_datasets():
+        raise UsageError(f"--dataset {args.dataset!r}: expected one of {list(list_datasets())}")
+    unknown = [name for name in args.presets if name not in list_presets()]
+    if unknown:
+        raise UsageError(f"unknown presets {unknown}; known presets: {list(list_presets())}")
+    report = flops_report(args.presets or list(list_presets()), args.dataset, reference_points(args.dataset))
+    print(report)
+    if args.json is not None:
+        from rdd3d.fileio import write_json
+
+        write_json(args.json, [dataclasses.asdict(row) for row in report.rows])
+
+
 # ----------------------------------------------------------------------------- shared helpers
 def _add_world_overrides(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -235,7 +304,7 @@ def _world_config(overrides: Sequence[str]):
     return build_config(WorldConfig, overrides=overrides)
 
 
-COMMANDS: tuple[Callable, ...] = (_add_demo, _add_simulate, _add_show, _add_train, _add_eval)
+COMMANDS: tuple[Callable, ...] = (_add_demo, _add_simulate, _add_show, _add_train, _add_distill, _add_eval, _add_flops)
 
 
 def build_parser() -> argparse.ArgumentParser:

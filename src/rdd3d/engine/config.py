@@ -12,6 +12,7 @@ from typing import Any, Sequence
 
 from rdd3d.data.synthetic.config import WorldConfig
 from rdd3d.data.transforms import AugmentationConfig
+from rdd3d.distill.methods import DistillConfig
 from rdd3d.engine.config_loading import build_config
 from rdd3d.engine.trainer import OptimConfig, TrainerConfig
 
@@ -49,6 +50,7 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
 
 def load_run_config(files: Sequence[str | os.PathLike] = (), overrides: Sequence[str] = ()) -> RunConfig:

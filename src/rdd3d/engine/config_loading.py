@@ -59,6 +59,8 @@ def build_config(
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as error:
         raise ConfigError(f"config: {_describe(error)}") from None
+    except ValueError as error:  # a dataclass's own check of its values
+        raise ConfigError(f"config: {error}") from None
 
 
 def config_from_dict(schema: type[Schema], values: dict, source: str) -> Schema:

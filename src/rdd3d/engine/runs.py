@@ -1,22 +1,35 @@
-"""Whole runs assembled from a :class:`RunConfig`: data, model, trainer, evaluation."""
+"""Whole runs assembled from a :class:`RunConfig`: data, model(s), trainer, evaluation.
+
+``train_detector`` trains ``config.model.preset`` on its own (a teacher, or a student without KD);
+``distill_student`` trains it under a frozen teacher with ``config.distill.method``.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 from omegaconf import OmegaConf
+from torch import nn
 
 from rdd3d.data.collate import TrainingFrames
 from rdd3d.data.synthetic import SyntheticDataset
-from rdd3d.engine.config import RunConfig
+from rdd3d.distill.distiller import Distiller
+from rdd3d.distill.methods import build_method
 from rdd3d.engine.checkpoint import CheckpointError, load_checkpoint, load_model_state
+from rdd3d.engine.config import RunConfig
 from rdd3d.engine.config_loading import config_from_dict, save_config
 from rdd3d.engine.detection_task import DetectorTraining, evaluate_detector, summary_metrics
-from rdd3d.engine.distributed import broadcast_from_main, init_distributed, shutdown_distributed
+from rdd3d.engine.distributed import (
+    DistributedContext, broadcast_from_main, init_distributed, shutdown_distributed,
+)
 from rdd3d.engine.trainer import Trainer, TrainingResult, seed_everything
+from rdd3d.models.init_from_teacher import init_student_from_teacher
 from rdd3d.models.presets import build_detector
 
 SUPPORTED_DATASETS = ("synthetic",)
+#: Where the trained detector's weights sit inside each kind of trainee's state dict.
+DETECTOR_PREFIXES = ("detector.", "student.")
 
 
 def build_datasets(config: RunConfig):
@@ -27,27 +40,57 @@ def build_datasets(config: RunConfig):
     return train, val
 
 
+def build_model(config: RunConfig) -> nn.Module:
+    return build_detector(config.model.preset, dataset=config.data.dataset, **config.model.overrides)
+
+
 def train_detector(config: RunConfig, resume: str | None = None) -> TrainingResult:
-    """Train ``config.model.preset``; ``resume`` is a checkpoint path or ``"last"``."""
+    """Train ``config.model.preset`` alone; ``resume`` is a checkpoint path or ``"last"``."""
+    return _run(config, resume, lambda context: DetectorTraining(build_model(config)))
+
+
+def distill_student(config: RunConfig, resume: str | None = None) -> TrainingResult:
+    """Train the student ``config.model.preset`` from the teacher ``config.distill.teacher_checkpoint``."""
+    if config.distill.method == "none":
+        return train_detector(config, resume)
+    if not config.distill.teacher_checkpoint:
+        raise ValueError("distill.teacher_checkpoint is empty: give the teacher's checkpoint (--teacher)")
+
+    def make_trainee(context: DistributedContext) -> nn.Module:
+        teacher, teacher_config = detector_from_checkpoint(config.distill.teacher_checkpoint, context.device)
+        if teacher_config.data.dataset != config.data.dataset:
+            raise ValueError(f"teacher {config.distill.teacher_checkpoint} was trained on "
+                             f"{teacher_config.data.dataset!r}, the student trains on {config.data.dataset!r}")
+        student = build_model(config)
+        if config.distill.init_from_teacher:
+            init_student_from_teacher(student, teacher.state_dict())
+        losses = build_method(config.distill, student.backbone_2d.out_channels, teacher.backbone_2d.out_channels)
+        return Distiller(teacher, student, losses)
+
+    return _run(config, resume, make_trainee)
+
+
+def _run(config: RunConfig, resume: str | None, make_trainee: Callable[[DistributedContext], nn.Module]):
     context = init_distributed(config.device)
     try:
         seed_everything(config.trainer.seed, config.trainer.deterministic)
         train_set, val_set = build_datasets(config)
-        detector = build_detector(config.model.preset, dataset=config.data.dataset, **config.model.overrides)
+        trainee = make_trainee(context)
+        detector = _trained_detector(trainee)
         frames = TrainingFrames(train_set, detector.point_cloud_range, config.data.augmentation,
                                 seed=config.trainer.seed)
         max_frames = config.eval.max_frames or len(val_set)
         val_frames = [val_set[i] for i in range(min(max_frames, len(val_set)))]
 
         def evaluate(trainee, context):
-            metrics = evaluate_detector(trainee.detector, val_frames, val_set.class_ranges, context,
+            metrics = evaluate_detector(_trained_detector(trainee), val_frames, val_set.class_ranges, context,
                                         config.eval.batch_size)
             return broadcast_from_main(summary_metrics(metrics) if metrics is not None else None, context)
 
         output_dir = Path(config.output_dir)
         if context.is_main:
             save_config(config, output_dir / "config.yaml")
-        trainer = Trainer(DetectorTraining(detector), frames, config.trainer, config.optim, output_dir, context,
+        trainer = Trainer(trainee, frames, config.trainer, config.optim, output_dir, context,
                           evaluate=evaluate, run_config=_plain(config))
         if resume is not None:
             trainer.resume(output_dir / Trainer.LAST if resume == "last" else Path(resume))
@@ -56,14 +99,20 @@ def train_detector(config: RunConfig, resume: str | None = None) -> TrainingResu
         shutdown_distributed()
 
 
-def detector_from_checkpoint(path: str | Path, device: str = "cpu"):
-    """The detector a ``rdd3d train`` checkpoint holds, with the run config that built it."""
+def _trained_detector(trainee: nn.Module) -> nn.Module:
+    return trainee.student if isinstance(trainee, Distiller) else trainee.detector
+
+
+def detector_from_checkpoint(path: str | Path, device="cpu"):
+    """The trained detector a ``rdd3d train`` or ``rdd3d distill`` checkpoint holds, with its run config."""
     state = load_checkpoint(path, map_location=device)
     if "config" not in state or "model" not in state:
         raise CheckpointError(f"{path}: not a training checkpoint of rdd3d (no 'config'/'model' entries)")
     config = config_from_dict(RunConfig, state["config"], source=f"{path} (stored config)")
-    detector = build_detector(config.model.preset, dataset=config.data.dataset, **config.model.overrides)
-    prefix = "detector."
+    detector = build_model(config)
+    prefix = next((p for p in DETECTOR_PREFIXES if any(key.startswith(p) for key in state["model"])), None)
+    if prefix is None:
+        raise CheckpointError(f"{path}: holds no detector weights (no key starts with {DETECTOR_PREFIXES})")
     weights = {key[len(prefix):]: value for key, value in state["model"].items() if key.startswith(prefix)}
     load_model_state(detector, weights, source=str(path))
     return detector.to(device).eval(), config

@@ -1,0 +1,54 @@
+"""Distillation methods by their command-line name: RDD and the paper's baselines."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from rdd3d.distill.base import DistillLoss
+from rdd3d.distill.baselines import BASELINES, build_baseline
+from rdd3d.distill.baselines.fg import FGConfig
+from rdd3d.distill.baselines.gid import GIDFeatureConfig, GIDLogitConfig
+from rdd3d.distill.baselines.hint import HintConfig
+from rdd3d.distill.baselines.lad import LADConfig
+from rdd3d.distill.baselines.logit_kd import LogitKDConfig
+from rdd3d.distill.baselines.pp_logit import PPLogitConfig
+from rdd3d.distill.rdd import RDDConfig, RDDLoss
+
+#: "none" trains the student alone (the no-KD row of the paper's tables).
+METHODS: tuple[str, ...] = ("none", "rdd", *BASELINES)
+
+
+@dataclass
+class DistillConfig:
+    """Which method distils the student, from which teacher, and each method's options.
+
+    Only the block of the chosen ``method`` is read (``gid-l`` reads ``gid_l``, ...).
+    """
+
+    method: str = "none"
+    teacher_checkpoint: str = ""  # a checkpoint written by `rdd3d train`
+    init_from_teacher: bool = False  # [ours, off] SparseKD's teacher-guided initialisation
+    rdd: RDDConfig = field(default_factory=RDDConfig)
+    hint: HintConfig = field(default_factory=HintConfig)
+    fg: FGConfig = field(default_factory=FGConfig)
+    gid_l: GIDLogitConfig = field(default_factory=GIDLogitConfig)
+    gid_f: GIDFeatureConfig = field(default_factory=GIDFeatureConfig)
+    lad: LADConfig = field(default_factory=LADConfig)
+    pp_logit: PPLogitConfig = field(default_factory=PPLogitConfig)
+    kd: LogitKDConfig = field(default_factory=LogitKDConfig)
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"distill.method={self.method!r}: expected one of {list(METHODS)}")
+
+    def method_options(self):
+        return getattr(self, self.method.replace("-", "_"))
+
+
+def build_method(config: DistillConfig, student_channels: int, teacher_channels: int) -> list[DistillLoss]:
+    """The loss modules of ``config.method`` (empty for ``none``)."""
+    if config.method == "none":
+        return []
+    if config.method == "rdd":
+        return [RDDLoss(config.rdd, student_channels, teacher_channels)]
+    return [build_baseline(config.method, config.method_options(), student_channels, teacher_channels)]
