@@ -12,6 +12,7 @@ from typing import Sequence
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+from tqdm import tqdm
 
 from rdd3d.data.transforms import AugmentationConfig, augment, crop_to_range
 from rdd3d.data.types import Frame
@@ -51,6 +52,22 @@ def collate_frames(frames: Sequence[Frame]) -> DetectionBatch:
         point_columns=columns,
         metadata=[frame.metadata for frame in frames],
     )
+
+
+class CachedFrames(Sequence[Frame]):
+    """Every frame of ``source`` loaded once, up front (with a progress bar); keeps ``classes`` and
+    ``class_ranges`` of the source."""
+
+    def __init__(self, source, name: str = "frames") -> None:
+        self.frames = [source[i] for i in tqdm(range(len(source)), desc=f"loading {name}", leave=False)]
+        self.classes = source.classes
+        self.class_ranges = source.class_ranges
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def __getitem__(self, index: int) -> Frame:
+        return self.frames[index]
 
 
 class TrainingFrames(Dataset):

@@ -19,8 +19,10 @@ from rdd3d.engine.trainer import OptimConfig, TrainerConfig
 
 @dataclass
 class DataConfig:
-    dataset: str = "synthetic"  # the synthetic world, generated on the fly
-    train_size: int = 600  # frames per epoch
+    dataset: str = "synthetic"  # the synthetic world
+    root: str = ""  # a folder written by `rdd3d simulate`; empty: generate frames on the fly
+    cache_in_memory: bool = True  # generate/read every frame once, before training
+    train_size: int = 600  # frames per epoch (on-the-fly generation only)
     val_size: int = 100
     seed: int = 0  # the world's seed (which scenes); not the training seed
     world: WorldConfig = field(default_factory=WorldConfig)

@@ -12,8 +12,9 @@ from typing import Callable
 from omegaconf import OmegaConf
 from torch import nn
 
-from rdd3d.data.collate import TrainingFrames
+from rdd3d.data.collate import CachedFrames, TrainingFrames
 from rdd3d.data.synthetic import SyntheticDataset
+from rdd3d.data.synthetic.disk import DiskDataset
 from rdd3d.distill.distiller import Distiller
 from rdd3d.distill.methods import build_method
 from rdd3d.engine.checkpoint import CheckpointError, load_checkpoint, load_model_state
@@ -33,10 +34,17 @@ DETECTOR_PREFIXES = ("detector.", "student.")
 
 
 def build_datasets(config: RunConfig):
-    if config.data.dataset not in SUPPORTED_DATASETS:
-        raise ValueError(f"data.dataset={config.data.dataset!r}: expected one of {SUPPORTED_DATASETS}")
-    train = SyntheticDataset("train", config.data.train_size, seed=config.data.seed, config=config.data.world)
-    val = SyntheticDataset("val", config.data.val_size, seed=config.data.seed, config=config.data.world)
+    """Train and val splits: generated on the fly, or read from a `rdd3d simulate` folder."""
+    data = config.data
+    if data.dataset not in SUPPORTED_DATASETS:
+        raise ValueError(f"data.dataset={data.dataset!r}: expected one of {SUPPORTED_DATASETS}")
+    if data.root:
+        train, val = DiskDataset(data.root, "train"), DiskDataset(data.root, "val")
+    else:
+        train = SyntheticDataset("train", data.train_size, seed=data.seed, config=data.world)
+        val = SyntheticDataset("val", data.val_size, seed=data.seed, config=data.world)
+    if data.cache_in_memory:
+        train, val = CachedFrames(train, "train"), CachedFrames(val, "val")
     return train, val
 
 
