@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from rdd3d.distill.base import BEVGeometry
-from rdd3d.distill.regions import gather_area, gaussian_areas, pool_boxes, resample_to
+from rdd3d.distill.regions import area_mean, gather_area, gaussian_areas, pool_boxes, resample_to
 from rdd3d.models.heads import BEVGrid
 
 FINE = BEVGeometry((-8.0, -8.0, -3.0, 8.0, 8.0, 1.0), (0.25, 0.25, 4.0), 2.0)  # 0.5 m cells, 32 x 32
@@ -91,16 +91,21 @@ def test_resample_to_another_grid_keeps_a_ramp_and_is_the_identity_on_the_same_g
 
 def test_gaussian_area_is_the_radius_disc_about_the_centre_cell_cut_to_the_map():
     grid = BEVGrid(x_min=-8.0, y_min=-8.0, cell_x=0.5, cell_y=0.5, height=32, width=32)
-    small = [0.2, 0.3, 0.0, 0.5, 0.5, 1.0, 0.0]  # radius min_radius = 2: a 13-cell disc
+    small = [0.2, 0.3, 0.0, 0.5, 0.5, 1.0, 0.0]  # radius min_radius = 2: a 13-cell disc about cell (16, 16)
     corner = [-7.9, -7.9, 0.0, 0.5, 0.5, 1.0, 0.0]  # centre cell (0, 0): a quarter disc of 6 cells
-    large = [0.2, 0.3, 0.0, 12.0, 10.0, 1.0, 0.0]
-    boxes = torch.tensor([small, corner, large])
-    area = gaussian_areas(boxes, grid, gaussian_overlap=0.1, min_radius=2)
-    assert area.mask.sum(dim=1).tolist()[:2] == [13, 6]
-    assert area.mask.shape[1] == area.flat_index.shape[1] and area.mask.sum(dim=1)[2] > 13
-    centre_flat = (0.3 + 8) // 0.5 * 32 + (0.2 + 8) // 0.5
-    assert (area.flat_index[0][area.mask[0]] == centre_flat).sum() == 1
+    huge = [0.2, 0.3, 0.0, 1e4, 1e4, 1.0, 0.0]  # an untrained model's box: its area is the whole map
+    off_map = [30.0, 0.0, 0.0, 0.5, 0.5, 1.0, 0.0]  # centre clamped onto the last column: half a disc, 9 cells
+    area = gaussian_areas(torch.tensor([small, corner, huge, off_map]), grid, gaussian_overlap=0.1, min_radius=2)
+    assert area.count.tolist() == [13, 6, 32 * 32, 9]
+    assert area.on_map.tolist() == [True, True, True, False]
+    first = area.flat_index[area.owner == 0]
+    rows, columns = first // 32, first % 32
+    assert ((rows - 16) ** 2 + (columns - 16) ** 2).le(4).all() and len(set(first.tolist())) == 13
+
     feature_map = torch.arange(2 * 32 * 32, dtype=torch.float32).reshape(2, 1, 32, 32)
-    values = gather_area(feature_map, area, torch.tensor([1, 0, 1]))  # (3, 1, A)
-    assert torch.equal(values[0, 0][area.mask[0]], area.flat_index[0][area.mask[0]].float() + 32 * 32)
-    assert torch.equal(values[1, 0][area.mask[1]], area.flat_index[1][area.mask[1]].float())
+    values = gather_area(feature_map, area, torch.tensor([1, 0, 1, 0]))  # (A, 1)
+    in_second_sample = (area.owner == 0) | (area.owner == 2)
+    expected = area.flat_index.float() + 32 * 32 * in_second_sample
+    assert torch.equal(values[:, 0], expected)
+    means = area_mean(values, area)
+    assert means[0] == expected[area.owner == 0].mean() and means[1] == expected[area.owner == 1].mean()

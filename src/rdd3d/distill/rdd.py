@@ -27,7 +27,7 @@ from torch import Tensor
 
 from rdd3d.distill.base import DistillLoss, DistillStep, ModelView, adapter
 from rdd3d.distill.proposals import Proposals, select_proposals
-from rdd3d.distill.regions import gather_area, gaussian_areas, pool_boxes, resample_to
+from rdd3d.distill.regions import area_mean, gather_area, gaussian_areas, pool_boxes, resample_to
 from rdd3d.models.heads.targets import BEVGrid
 
 SELECTIONS = ("threshold", "topk_ratio", "soft", "all")
@@ -215,14 +215,12 @@ class RDDLoss(DistillLoss):
         geometry = step.teacher.geometry
         grid = BEVGrid.from_voxels(geometry.point_cloud_range, geometry.voxel_size, geometry.feature_stride, map_size)
         area = gaussian_areas(proposals.boxes, grid, self.config.gaussian_overlap, self.config.min_radius)
-        cells = area.mask.sum(dim=1).clamp_min(1)  # (P,)
         per_head = []
         for teacher_map, student_map in zip(teacher_maps, student_maps):
             student_probs = resample_to(student_map.sigmoid(), step.student.geometry, geometry, map_size)
             difference = gather_area(student_probs, area, proposals.batch_index) - gather_area(
-                teacher_map.sigmoid(), area, proposals.batch_index)  # (P, C, A)
-            inside = difference.abs() * area.mask[:, None, :]
-            per_head.append(inside.sum(dim=(1, 2)) / (cells * teacher_map.shape[1]))
+                teacher_map.sigmoid(), area, proposals.batch_index)  # (A, C)
+            per_head.append(area_mean(difference.abs(), area))
         return torch.stack(per_head).mean(dim=0) * area.on_map
 
 

@@ -96,34 +96,45 @@ def resample_to(feature_map: Tensor, source: BEVGeometry, target: BEVGeometry, m
 
 
 class GaussianArea(NamedTuple):
-    """The cells of each box's Gaussian area on one map: a disc of the target assigner's radius about
-    the box's centre cell, cut to the map."""
+    """The cells of each box's Gaussian area on one map, flat over all boxes: a disc of the target
+    assigner's radius about the box's centre cell, cut to the map. Its size follows the boxes (an
+    untrained student's huge boxes cover at most the map), never a padded window."""
 
-    flat_index: Tensor  # (K, A) long, row * W + column (0 where masked out)
-    mask: Tensor  # (K, A) bool: the cell is in the disc and on the map (the centre cell always is)
+    owner: Tensor  # (A,) long: the box each cell belongs to
+    flat_index: Tensor  # (A,) long: row * W + column on the map
+    count: Tensor  # (K,) long: cells of each box's area, >= 1 (the centre cell always counts)
     on_map: Tensor  # (K,) bool: the box centre lies on the map
 
 
 def gaussian_areas(boxes: Tensor, grid: BEVGrid, gaussian_overlap: float = 0.1, min_radius: int = 2) -> GaussianArea:
     """Gaussian areas of ``(K, 7+)`` metric boxes on ``grid``; centre cell and radius as CenterPoint's
-    targets place them (:func:`rdd3d.models.heads.targets.box_cells`). ``A = (2 R + 1)²`` for the
-    largest radius ``R`` among the boxes."""
+    targets place them (:func:`rdd3d.models.heads.targets.box_cells`): the cells at most the radius
+    from the centre cell (``Δcolumn² + Δrow² <= r²``) that lie on the map."""
     cells = box_cells(boxes, grid, gaussian_overlap, min_radius)
-    largest = int(cells.radius.max()) if boxes.shape[0] else 0
-    steps = torch.arange(-largest, largest + 1, device=boxes.device)
-    offset_row, offset_column = (offset.reshape(1, -1) for offset in torch.meshgrid(steps, steps, indexing="ij"))
-    columns = cells.cell[:, 0:1] + offset_column  # (K, A)
-    rows = cells.cell[:, 1:2] + offset_row
-    in_disc = offset_column ** 2 + offset_row ** 2 <= cells.radius[:, None] ** 2
-    on_map = (columns >= 0) & (columns < grid.width) & (rows >= 0) & (rows < grid.height)
-    mask = in_disc & on_map
-    flat_index = torch.where(mask, rows * grid.width + columns, 0)
-    return GaussianArea(flat_index, mask, cells.inside)
+    radius = cells.radius.clamp_max(grid.height + grid.width)  # a wider disc adds no cell of the map
+    column, row = cells.cell[:, 0], cells.cell[:, 1]
+    low = torch.stack([(column - radius).clamp_min(0), (row - radius).clamp_min(0)], dim=1)  # (K, 2)
+    high = torch.stack([(column + radius).clamp_max(grid.width - 1), (row + radius).clamp_max(grid.height - 1)], dim=1)
+    span = high - low + 1  # (K, 2) window around the disc, cut to the map
+    window = span[:, 0] * span[:, 1]
+    owner = torch.repeat_interleave(torch.arange(boxes.shape[0], device=boxes.device), window)  # (A_window,)
+    local = torch.arange(owner.shape[0], device=boxes.device) - (window.cumsum(0) - window)[owner]
+    columns = low[owner, 0] + local % span[owner, 0]
+    rows = low[owner, 1] + local // span[owner, 0]
+    in_disc = (columns - column[owner]) ** 2 + (rows - row[owner]) ** 2 <= radius[owner] ** 2
+    owner = owner[in_disc]
+    flat_index = rows[in_disc] * grid.width + columns[in_disc]
+    return GaussianArea(owner, flat_index, torch.bincount(owner, minlength=boxes.shape[0]), cells.inside)
 
 
 def gather_area(feature_map: Tensor, area: GaussianArea, batch_index: Tensor) -> Tensor:
-    """``feature_map`` (B, C, H, W) at each area's cells in sample ``batch_index`` (K,) -> ``(K, C, A)``
-    (masked-out cells read the map's first cell; weigh them with ``area.mask``)."""
+    """``feature_map`` (B, C, H, W) at the areas' cells, box ``k``'s in sample ``batch_index[k]`` -> ``(A, C)``."""
     batch, channels, height, width = feature_map.shape
     cells = feature_map.permute(0, 2, 3, 1).reshape(batch * height * width, channels)  # (B*H*W, C)
-    return cells[batch_index[:, None] * (height * width) + area.flat_index].transpose(1, 2)
+    return cells[batch_index[area.owner] * (height * width) + area.flat_index]
+
+
+def area_mean(values: Tensor, area: GaussianArea) -> Tensor:
+    """``(A, C)`` values at the areas' cells -> ``(K,)`` mean over each box's cells and the channels."""
+    totals = values.new_zeros(area.count.shape[0]).index_add(0, area.owner, values.sum(dim=1))
+    return totals / (area.count.clamp_min(1) * values.shape[1])
