@@ -96,31 +96,21 @@ def _run_show(args) -> None:
 def _add_demo(commands) -> None:
     parser = commands.add_parser(
         "demo", help="run the synthetic end-to-end story",
-        description="Simulate a scene of the synthetic world and write its bird's-eye-view picture.",
+        description="On the synthetic world: train (or reuse) a CP-Voxel teacher, train the CP-Voxel-XXS "
+                    "student without and with RDD on the same budget, evaluate all three, print the table "
+                    "(mAP, NDS, MACs, parameters, latency) and write BEV pictures and training curves. "
+                    "Finished runs in --out are reused.",
     )
     parser.add_argument("--out", type=Path, default=Path("demo_output"), help="output folder")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true", help="a tiny budget (seconds), for smoke tests")
+    parser.add_argument("--seed", type=int, default=0, help="training seed")
     parser.set_defaults(handler=_run_demo)
 
 
 def _run_demo(args) -> None:
-    import time
+    from rdd3d.demo import run_demo
 
-    from rdd3d.data.synthetic import SyntheticDataset
-    from rdd3d.viz import BoxLayer, save_bev
-
-    dataset = SyntheticDataset("val", 4, seed=args.seed)
-    started = time.perf_counter()
-    frames = [dataset[i] for i in range(len(dataset))]
-    per_frame = (time.perf_counter() - started) / len(frames)
-    for frame in frames:
-        path = args.out / f"{frame.frame_id}.png"
-        save_bev(path, frame.points, [BoxLayer(frame.boxes, frame.labels)], classes=frame.classes,
-                 title=f"{frame.frame_id}: {len(frame.points)} points, {len(frame.boxes)} boxes")
-        seen = int((frame.metadata["num_points"] > 0).sum())
-        print(f"{frame.frame_id}: {len(frame.points):6d} points, {len(frame.boxes):3d} boxes "
-              f"({seen} with points) -> {path}")
-    print(f"generated {len(frames)} frames at {per_frame * 1000:.0f} ms/frame")
+    run_demo(args.out, quick=args.quick, seed=args.seed)
 
 
 # ----------------------------------------------------------------------------- train
@@ -291,6 +281,32 @@ def _run_flops(args) -> None:
         write_json(args.json, [dataclasses.asdict(row) for row in report.rows])
 
 
+# ----------------------------------------------------------------------------- benchmark
+def _add_benchmark(commands) -> None:
+    parser = commands.add_parser(
+        "benchmark", help="compare the teacher, the student without KD and every method over seeds",
+        description="Run a benchmark plan (configs/benchmark/*.yaml): for each teacher/student pair, train the "
+                    "teacher once, then the student without KD and with every method or variant for each seed; "
+                    "evaluate all on the same validation frames; write results.json, results.md and results.png. "
+                    "Finished runs in --out are reused, interrupted ones resumed (docs/benchmark-runner.md).",
+    )
+    parser.add_argument("--plan", required=True, type=Path, help="benchmark plan (YAML)")
+    parser.add_argument("--out", type=Path, help="output folder (default runs/benchmark/<plan file name>)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a plan field (seeds=[0,1]) or, for any other key, a config override of every run "
+                             "(trainer.epochs=2) (repeatable)")
+    parser.set_defaults(handler=_run_benchmark)
+
+
+def _run_benchmark(args) -> None:
+    from rdd3d.engine.benchmark import load_plan, run_benchmark
+
+    out = args.out or Path("runs") / "benchmark" / args.plan.stem
+    run_benchmark(load_plan(args.plan, args.set), out)
+    print((out / "results.md").read_text(encoding="utf-8"))
+    print(f"wrote {out / 'results.json'}, {out / 'results.md'} and {out / 'results.png'}")
+
+
 # ----------------------------------------------------------------------------- shared helpers
 def _add_world_overrides(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -304,7 +320,8 @@ def _world_config(overrides: Sequence[str]):
     return build_config(WorldConfig, overrides=overrides)
 
 
-COMMANDS: tuple[Callable, ...] = (_add_demo, _add_simulate, _add_show, _add_train, _add_distill, _add_eval, _add_flops)
+COMMANDS: tuple[Callable, ...] = (_add_demo, _add_simulate, _add_show, _add_train, _add_distill, _add_eval, _add_flops,
+                                 _add_benchmark)
 
 
 def build_parser() -> argparse.ArgumentParser:

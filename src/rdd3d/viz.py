@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import os
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import matplotlib
 
@@ -101,3 +101,24 @@ def _draw_layer(axes, layer: BoxLayer, classes: ClassTable | None) -> None:
             name = classes.name(labels[index]) if classes is not None else str(int(labels[index]))
             axes.text(corners[index, 0, 0], corners[index, 0, 1], f"{name} {scores[index]:.2f}",
                       color=color, fontsize=5)
+
+
+def save_training_curves(path: str | os.PathLike, logs: Mapping[str, str | os.PathLike]) -> None:
+    """Total training loss per step (left) and validation mAP per evaluation (right), one line per run."""
+    from rdd3d.engine.run_logging import read_log
+
+    figure, (loss_axes, map_axes) = plt.subplots(1, 2, figsize=(11, 4))
+    for name, log_path in logs.items():
+        train = read_log(log_path, "train")
+        loss_axes.plot([r["step"] for r in train], [r["loss/total"] for r in train], label=name)
+        evals = read_log(log_path, "eval")
+        map_axes.plot([r["step"] for r in evals], [100 * r["mAP"] for r in evals], marker="o", label=name)
+    loss_axes.set(xlabel="step", ylabel="total loss", title="training loss", yscale="log")
+    map_axes.set(xlabel="step", ylabel="mAP (%)", title="validation mAP")
+    for axes in (loss_axes, map_axes):
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize=8)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    plt.close(figure)
+    write_bytes(path, buffer.getvalue())

@@ -99,7 +99,7 @@ def _run(config: RunConfig, resume: str | None, make_trainee: Callable[[Distribu
         if context.is_main:
             save_config(config, output_dir / "config.yaml")
         trainer = Trainer(trainee, frames, config.trainer, config.optim, output_dir, context,
-                          evaluate=evaluate, run_config=_plain(config))
+                          evaluate=evaluate, run_config=plain_config(config))
         if resume is not None:
             trainer.resume(output_dir / Trainer.LAST if resume == "last" else Path(resume))
         return trainer.fit()
@@ -126,6 +126,6 @@ def detector_from_checkpoint(path: str | Path, device="cpu"):
     return detector.to(device).eval(), config
 
 
-def _plain(config: RunConfig) -> dict:
+def plain_config(config: RunConfig) -> dict:
     """The config as plain containers (what a ``weights_only`` checkpoint may hold)."""
     return OmegaConf.to_container(OmegaConf.structured(config), resolve=True)

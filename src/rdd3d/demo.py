@@ -1,0 +1,147 @@
+"""The end-to-end story on the synthetic world: teacher, compact student, RDD-distilled student.
+
+``run_demo`` trains (or reuses) a CP-Voxel teacher, trains the CP-Voxel-XXS student without and
+with RDD on the same budget, evaluates all three on the same validation frames and writes a table,
+BEV pictures of their detections on one frame, and their training curves.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from rdd3d.engine.checkpoint import load_checkpoint
+from rdd3d.engine.config import RunConfig, load_run_config
+from rdd3d.engine.detection_task import predict
+from rdd3d.engine.runs import (
+    build_datasets, detector_from_checkpoint, distill_student, plain_config, train_detector,
+)
+from rdd3d.evaluation.detection_metrics import evaluate_frames
+from rdd3d.fileio import write_json
+from rdd3d.models.complexity import count_macs, count_parameters
+from rdd3d.viz import BoxLayer, save_bev, save_training_curves
+
+
+@dataclass(frozen=True)
+class DemoBudget:
+    """Training budget of the demo; the two students get the same one."""
+
+    train_frames: int
+    val_frames: int
+    teacher_epochs: int
+    student_epochs: int
+    batch_size: int
+
+
+FULL = DemoBudget(train_frames=240, val_frames=60, teacher_epochs=6, student_epochs=4, batch_size=4)
+QUICK = DemoBudget(train_frames=2, val_frames=1, teacher_epochs=1, student_epochs=1, batch_size=2)
+
+TEACHER, STUDENT = "cp-voxel", "cp-voxel-xxs"
+
+
+@dataclass(frozen=True)
+class DemoRow:
+    name: str
+    preset: str
+    method: str
+    mAP: float
+    NDS: float
+    gmacs: float
+    params_m: float
+    latency_ms: float
+
+
+def run_demo(output_dir: Path, quick: bool = False, seed: int = 0) -> list[DemoRow]:
+    budget = QUICK if quick else FULL
+    output_dir = Path(output_dir)
+    started = time.perf_counter()
+    teacher_ckpt = _train_once(output_dir / "teacher", _config(output_dir / "teacher", TEACHER, "none",
+                                                                budget, budget.teacher_epochs, seed))
+    runs = {"teacher": (teacher_ckpt, TEACHER, "none")}
+    for method in ("none", "rdd"):
+        name = "student" if method == "none" else "student+rdd"
+        run_dir = output_dir / name.replace("+", "_")
+        config = _config(run_dir, STUDENT, method, budget, budget.student_epochs, seed)
+        config.distill.teacher_checkpoint = str(teacher_ckpt)
+        runs[name] = (_train_once(run_dir, config, distill=True), STUDENT, method)
+
+    _, val_set = build_datasets(_config(output_dir, STUDENT, "none", budget, 1, seed))
+    frames = [val_set[i] for i in range(len(val_set))]
+    rows, detections = [], {}
+    for name, (checkpoint, preset, method) in runs.items():
+        detector, _ = detector_from_checkpoint(checkpoint)
+        detections[name] = predict(detector, frames, torch.device("cpu"), budget.batch_size)
+        metrics = evaluate_frames(frames, detections[name], val_set.class_ranges)
+        points = [torch.from_numpy(frames[0].points.points)]
+        report = count_macs(detector, points)
+        rows.append(DemoRow(name, preset, method, metrics.mean_ap, metrics.nd_score, report.macs / 1e9,
+                            count_parameters(detector) / 1e6, _latency_ms(detector, points)))
+
+    table = format_table(rows)
+    (output_dir / "results.md").write_text(table + "\n", encoding="utf-8")
+    write_json(output_dir / "results.json", {"budget": budget.__dict__, "rows": [row.__dict__ for row in rows]})
+    frame = frames[0]
+    for name, per_frame in detections.items():
+        found = per_frame[0]
+        save_bev(output_dir / f"bev_{name.replace('+', '_')}.png", frame.points,
+                 [BoxLayer(frame.boxes, frame.labels), BoxLayer(_boxes(found), found.labels.numpy(),
+                                                                found.scores.numpy(), name)],
+                 classes=frame.classes, title=f"{name} on {frame.frame_id}")
+    save_training_curves(output_dir / "training_curves.png",
+                         {name: Path(ckpt).parent / "log.jsonl" for name, (ckpt, _, _) in runs.items()})
+    print(table)
+    print(f"\ndemo finished in {(time.perf_counter() - started) / 60:.1f} min; pictures and results in {output_dir}")
+    return rows
+
+
+def format_table(rows: list[DemoRow]) -> str:
+    teacher = rows[0]
+    lines = ["| model | preset | KD | mAP | NDS | GMACs | MACs / teacher | params (M) | CPU latency (ms) |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    for row in rows:
+        lines.append(f"| {row.name} | {row.preset} | {row.method} | {100 * row.mAP:.1f} | {100 * row.NDS:.1f} "
+                     f"| {row.gmacs:.2f} | {100 * row.gmacs / teacher.gmacs:.0f}% | {row.params_m:.2f} "
+                     f"| {row.latency_ms:.0f} |")
+    return "\n".join(lines)
+
+
+def _config(output_dir: Path, preset: str, method: str, budget: DemoBudget, epochs: int, seed: int) -> RunConfig:
+    return load_run_config(overrides=[
+        f"output_dir={output_dir}", f"model.preset={preset}", f"distill.method={method}",
+        f"data.train_size={budget.train_frames}", f"data.val_size={budget.val_frames}",
+        f"trainer.epochs={epochs}", f"trainer.batch_size={budget.batch_size}", "trainer.num_workers=0",
+        f"trainer.eval_interval={epochs}", f"trainer.seed={seed}",
+    ])
+
+
+def _train_once(run_dir: Path, config: RunConfig, distill: bool = False) -> Path:
+    """Train unless ``run_dir`` already holds a finished run of the same config (then reuse it)."""
+    last = run_dir / "last.pt"
+    if last.is_file():
+        state = load_checkpoint(last)
+        if state.get("epoch") == config.trainer.epochs and state.get("config") == plain_config(config):
+            print(f"reusing {last}")
+            return last
+    (distill_student if distill else train_detector)(config)
+    return last
+
+
+def _latency_ms(detector, points, repeats: int = 5) -> float:
+    detector.eval()
+    times = []
+    with torch.no_grad():
+        for _ in range(repeats):
+            started = time.perf_counter()
+            detector(points)
+            times.append(time.perf_counter() - started)
+    return 1000 * statistics.median(times)
+
+
+def _boxes(detections):
+    from rdd3d.data.types import Boxes3D
+
+    return Boxes3D(detections.boxes.numpy())

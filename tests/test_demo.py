@@ -1,0 +1,20 @@
+"""The demo's quick variant: the whole story runs and writes what a person looks at."""
+
+import json
+
+from rdd3d.cli import main
+
+
+def test_quick_demo_writes_table_pictures_and_reuses_runs(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "| teacher | cp-voxel |" in printed and "| student+rdd | cp-voxel-xxs | rdd |" in printed
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert [row["name"] for row in rows] == ["teacher", "student", "student+rdd"]
+    assert rows[1]["gmacs"] < 0.2 * rows[0]["gmacs"]  # XXS keeps about a tenth of the teacher's MACs
+    for name in ("bev_teacher.png", "bev_student.png", "bev_student_rdd.png", "training_curves.png"):
+        assert (out / name).read_bytes()[:4] == b"\x89PNG"
+    # A second run finds the finished runs and trains nothing.
+    assert main(["demo", "--quick", "--out", str(out)]) == 0
+    assert capsys.readouterr().out.count("reusing") == 3
