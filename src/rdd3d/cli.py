@@ -120,12 +120,7 @@ def _add_train(commands) -> None:
         description="Train a detector preset on the configured dataset. Run several processes with "
                     "`torchrun --standalone --nproc_per_node=N -m rdd3d train ...` (see docs/training.md).",
     )
-    parser.add_argument("--config", action="append", default=[], type=Path,
-                        help="YAML config file(s), merged in order (repeatable)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one config value, e.g. --set optim.lr=2e-3 (repeatable)")
-    parser.add_argument("--resume", nargs="?", const="last", default=None, metavar="CKPT",
-                        help="continue from CKPT (default: <output_dir>/last.pt)")
+    _add_run_arguments(parser)
     parser.set_defaults(handler=_run_train)
 
 
@@ -135,6 +130,15 @@ def _run_train(args) -> None:
 
     config = load_run_config(args.config, args.set)
     _print_result(train_detector(config, resume=args.resume))
+
+
+def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", action="append", default=[], type=Path,
+                        help="YAML config file(s), merged in order (repeatable)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one config value, e.g. --set optim.lr=2e-3 (repeatable)")
+    parser.add_argument("--resume", nargs="?", const="last", default=None, metavar="CKPT",
+                        help="continue from CKPT (default: <output_dir>/last.pt)")
 
 
 def _print_result(result) -> None:
@@ -155,10 +159,7 @@ def _add_distill(commands) -> None:
     parser.add_argument("--teacher", required=True, type=Path, help="teacher checkpoint from `rdd3d train`")
     parser.add_argument("--student", required=True, help="student preset, e.g. cp-voxel-xxs")
     parser.add_argument("--method", required=True, choices=METHODS)
-    parser.add_argument("--config", action="append", default=[], type=Path, help="YAML config file(s)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
-    parser.add_argument("--resume", nargs="?", const="last", default=None, metavar="CKPT",
-                        help="continue from CKPT (default: <output_dir>/last.pt)")
+    _add_run_arguments(parser)
     parser.set_defaults(handler=_run_distill)
 
 
