@@ -1,0 +1,154 @@
+"""The benchmark runner: plans, the smoke benchmark end to end, reuse of finished runs, the reports."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from rdd3d.cli import EXIT_USAGE, main
+from rdd3d.engine.benchmark import (
+    BenchmarkPlan, BenchmarkResults, PairPlan, RunResult, VariantPlan, config_differences, format_markdown,
+    load_plan, plan_runs, summarise,
+)
+from rdd3d.engine.config_loading import ConfigError
+from rdd3d.engine.run_logging import read_log
+from rdd3d.models.complexity import count_parameters
+from rdd3d.models.presets import build_detector
+
+SMOKE = Path(__file__).resolve().parents[1] / "configs" / "benchmark" / "smoke.yaml"
+LAMBDA_ZERO = "variants=[{name: rdd-lam0, method: rdd, overrides: [distill.rdd.lam=0.0]}]"
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models on a shared two-core machine: a second thread per op costs more than it saves."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("benchmark")
+    torch.set_num_threads(1)
+    assert main(["benchmark", "--plan", str(SMOKE), "--out", str(out), "--set", LAMBDA_ZERO,
+                 "--set", "trainer.log_interval=1"]) == 0
+    return out
+
+
+def test_smoke_benchmark_writes_every_run_and_report(smoke_run):
+    results = json.loads((smoke_run / "results.json").read_text())
+    rows = [(run["row"], run["seed"]) for run in results["runs"]]
+    assert rows == [("teacher", 0), ("none", 0), ("rdd", 0), ("rdd-lam0", 0)]
+    pair = "cp-voxel-xxs-from-cp-voxel"
+    for run in results["runs"]:
+        assert {"mAP", "NDS", "AP/car", "err/trans_err"} <= set(run["metrics"])
+        assert run["steps"] == 1 and run["train_ms_per_frame"] > 0 and run["latency_ms"] > 0
+        assert Path(run["checkpoint"]).is_file()
+    teacher, student = results["runs"][0], results["runs"][1]
+    assert teacher["params"] == count_parameters(build_detector("cp-voxel"))
+    assert student["params"] == count_parameters(build_detector("cp-voxel-xxs"))
+    assert student["gmacs"] < teacher["gmacs"] / 5
+    # Each row trained in its own folder, under the plan's settings and the row's own overrides.
+    lam0 = read_log(smoke_run / pair / "rdd-lam0" / "seed0" / "log.jsonl", "train")
+    assert "loss/rdd/feature" in lam0[-1]
+    assert "lam: 0.0" in (smoke_run / pair / "rdd-lam0" / "seed0" / "config.yaml").read_text()
+    assert [row["row"] for row in results["summary"][pair]] == ["teacher", "none", "rdd", "rdd-lam0"]
+    table = (smoke_run / "results.md").read_text()
+    for line in ("| teacher (cp-voxel) |", "| none (cp-voxel-xxs) |", "| rdd |", "| rdd-lam0 |"):
+        assert line in table
+    assert (smoke_run / "results.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_second_invocation_reuses_finished_runs(smoke_run, capsys):
+    checkpoints = sorted(smoke_run.rglob("last.pt"))
+    stamps = [path.stat().st_mtime_ns for path in checkpoints]
+    capsys.readouterr()
+    assert main(["benchmark", "--plan", str(SMOKE), "--out", str(smoke_run), "--set", LAMBDA_ZERO,
+                 "--set", "trainer.log_interval=1"]) == 0
+    assert [path.stat().st_mtime_ns for path in checkpoints] == stamps
+    progress = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[")]
+    assert len(progress) == 4 and all("(reused," in line for line in progress)
+    assert all(run["reused"] for run in json.loads((smoke_run / "results.json").read_text())["runs"])
+
+
+def test_a_folder_holding_another_config_is_an_error_not_overwritten(smoke_run, capsys):
+    teacher = smoke_run / "teachers" / "cp-voxel" / "last.pt"
+    stamp = teacher.stat().st_mtime_ns
+    assert main(["benchmark", "--plan", str(SMOKE), "--out", str(smoke_run), "--set", "trainer.epochs=2"]) == EXIT_USAGE
+    assert "trainer.epochs: 1 -> 2" in capsys.readouterr().err
+    assert teacher.stat().st_mtime_ns == stamp
+
+
+def test_unknown_plan_key_fails_with_the_key_named(tmp_path, capsys):
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("pairs: [{teacher: cp-voxel, student: cp-voxel-xxs}]\nseedz: [0, 1]\n")
+    with pytest.raises(ConfigError, match="seedz"):
+        load_plan(plan)
+    assert main(["benchmark", "--plan", str(plan), "--out", str(tmp_path / "out")]) == EXIT_USAGE
+    assert "seedz" in capsys.readouterr().err
+    plan.write_text("pairs: [{teacher: cp-voxel, student: cp-voxel-xxs, teachr_checkpoint: t.pt}]\n")
+    with pytest.raises(ConfigError, match="teachr_checkpoint"):
+        load_plan(plan)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("pairs: [{teacher: cp-voxel, student: cp-voxel-tiny}]", "pairs\\[0\\].student 'cp-voxel-tiny' is not a preset"),
+    ("pairs: [{teacher: cp-voxel, student: cp-voxel-s}]\nmethods: [rdd, rddd]", "'rddd' is not a method"),
+    ("pairs: [{teacher: cp-voxel, student: cp-voxel-s}]\nmethods: [rdd]\nvariants: [{name: rdd, method: rdd}]",
+     "row name 'rdd' appears twice"),
+    ("pairs: []", "pairs must be at least one"),
+])
+def test_invalid_plans_name_what_is_wrong(tmp_path, text, message):
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(text)
+    with pytest.raises(ConfigError, match=message) as error:
+        load_plan(plan)
+    assert str(plan) in str(error.value)
+
+
+def test_overrides_route_to_plan_or_runs_and_planned_keys_are_refused(tmp_path):
+    plan = load_plan(SMOKE, ["seeds=[3,4]", "optim.lr=0.002"])
+    assert plan.seeds == [3, 4] and plan.overrides[-1] == "optim.lr=0.002"
+    runs = plan_runs(plan, tmp_path)
+    assert [(run.row, run.seed) for run in runs] == [("teacher", 0), ("none", 3), ("rdd", 3), ("none", 4), ("rdd", 4)]
+    assert all(run.config.optim.lr == 0.002 for run in runs)
+    rdd = runs[2].config
+    assert rdd.distill.method == "rdd" and rdd.trainer.seed == 3
+    assert rdd.distill.teacher_checkpoint == str(tmp_path / "teachers" / "cp-voxel" / "last.pt")
+    assert Path(rdd.output_dir) == tmp_path / "cp-voxel-xxs-from-cp-voxel" / "rdd" / "seed3"
+    with pytest.raises(ConfigError, match="sets .*trainer.seed"):
+        plan_runs(load_plan(SMOKE, ["trainer.seed=1"]), tmp_path)
+    with pytest.raises(ConfigError, match="optim.lrr"):
+        plan_runs(load_plan(SMOKE, ["optim.lrr=1"]), tmp_path)
+
+
+def _result(row: str, seed: int, mAP: float, cost: float, method: str = "rdd",
+            preset: str = "cp-voxel-xxs") -> RunResult:
+    return RunResult("cp-voxel-xxs-from-cp-voxel", row, method, preset, seed, f"{row}/{seed}.pt", 10, False,
+                     {"mAP": mAP, "NDS": mAP / 2}, 1_000_000, 0.5, 20.0, cost)
+
+
+def test_summary_and_table_mean_std_delta_and_cost():
+    plan = BenchmarkPlan(pairs=[PairPlan("cp-voxel", "cp-voxel-xxs")], methods=["rdd"], seeds=[0, 1],
+                         variants=[VariantPlan("rdd-lam0", "rdd", ["distill.rdd.lam=0"])])
+    runs = [_result("teacher", 0, 0.6, 50.0, "none", "cp-voxel"),
+            _result("rdd", 0, 0.45, 30.0), _result("rdd", 1, 0.55, 34.0),
+            _result("none", 0, 0.40, 20.0, "none"), _result("none", 1, 0.40, 20.0, "none")]
+    results = BenchmarkResults(plan, runs, 7, "cpu", 1)
+    rows = summarise(results)["cp-voxel-xxs-from-cp-voxel"]
+    assert [row.row for row in rows] == ["teacher", "none", "rdd"]  # table order; no run of rdd-lam0
+    rdd = rows[2]
+    assert rdd.seeds == 2 and rdd.mAP == pytest.approx(0.5) and rdd.mAP_std == pytest.approx(0.0707107)
+    table = format_markdown(results, {"cp-voxel-xxs-from-cp-voxel": rows})
+    assert "| rdd | 50.0 ± 7.1 | 25.0 ± 3.5 | +10.0 | 0.50 | 1.00 | 20 | 32 (1.60×) |" in table
+    assert "| teacher (cp-voxel) | 60.0 | 30.0 |  | 0.50 | 1.00 | 20 | 50 |" in table
+    assert "| none (cp-voxel-xxs) | 40.0 ± 0.0 | 20.0 ± 0.0 |  |" in table
+
+
+def test_config_differences_name_each_changed_leaf():
+    stored = {"trainer": {"epochs": 1, "seed": 0}, "output_dir": "a"}
+    planned = {"trainer": {"epochs": 2, "seed": 0}, "output_dir": "a", "extra": 1}
+    assert config_differences(stored, planned) == ["extra: '<absent>' -> 1", "trainer.epochs: 1 -> 2"]
