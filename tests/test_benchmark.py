@@ -152,3 +152,15 @@ def test_config_differences_name_each_changed_leaf():
     stored = {"trainer": {"epochs": 1, "seed": 0}, "output_dir": "a"}
     planned = {"trainer": {"epochs": 2, "seed": 0}, "output_dir": "a", "extra": 1}
     assert config_differences(stored, planned) == ["extra: '<absent>' -> 1", "trainer.epochs: 1 -> 2"]
+
+
+@pytest.mark.parametrize("path", sorted(SMOKE.parent.glob("*.yaml")), ids=lambda path: path.stem)
+def test_shipped_plans_load_and_distil_from_their_pairs_teacher(path, tmp_path):
+    plan = load_plan(path)
+    runs = plan_runs(plan, tmp_path)
+    teachers = {run.pair.name: Path(run.config.output_dir) / "last.pt" for run in runs if run.row == "teacher"}
+    students = [run for run in runs if run.row != "teacher"]
+    assert len(students) == len(plan.pairs) * len(plan.seeds) * len(plan.rows())
+    for run in students:
+        expected = "" if run.method == "none" else str(teachers[run.pair.name])
+        assert run.config.distill.teacher_checkpoint == expected
