@@ -308,6 +308,59 @@ def _run_benchmark(args) -> None:
     print(f"wrote {out / 'results.json'}, {out / 'results.md'} and {out / 'results.png'}")
 
 
+# ----------------------------------------------------------------------------- disparity
+def _add_disparity(commands) -> None:
+    parser = commands.add_parser(
+        "disparity", help="histograms of teacher-student region-feature distances, before and after distillation",
+        description="Run the teacher and a student over validation frames, pair their BEV features at both "
+                    "models' detections as RDD does, and write the distribution of the pairs' distances "
+                    "(disparity.json, disparity.png) with a verdict: does the student suffer from "
+                    "representation disparity, and did distillation (--student-after) shrink it?",
+    )
+    parser.add_argument("--teacher", required=True, type=Path, help="teacher checkpoint")
+    parser.add_argument("--student", required=True, type=Path, help="student checkpoint (e.g. trained without KD)")
+    parser.add_argument("--student-after", type=Path, help="the student after distillation, measured the same way")
+    parser.add_argument("--frames", type=int, default=20, help="first N validation frames (default 20)")
+    parser.add_argument("--batch-size", type=int, default=4, help="frames per batch; d is normalised per batch")
+    parser.add_argument("--ignore-adapter", action="store_true",
+                        help="measure without RDD's trained adapter even where a checkpoint holds one")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    parser.add_argument("--out", required=True, type=Path, help="output folder")
+    parser.set_defaults(handler=_run_disparity)
+
+
+def _run_disparity(args) -> None:
+    from rdd3d.distill.disparity import DisparityConfig, measure_disparity, trained_adapter, write_disparity_report
+    from rdd3d.distill.rdd import RDDConfig
+    from rdd3d.engine.benchmark import validation_frames
+    from rdd3d.engine.distributed import init_distributed
+    from rdd3d.engine.runs import detector_from_checkpoint
+
+    if args.frames < 1 or args.batch_size < 1:
+        raise UsageError(f"--frames and --batch-size must be >= 1, got {args.frames} and {args.batch_size}")
+    device = init_distributed(args.device).device
+    teacher, teacher_config = detector_from_checkpoint(args.teacher, device)
+    paths = {label: path for label, path in (("before", args.student), ("after", args.student_after)) if path}
+    students = {label: detector_from_checkpoint(path, device) for label, path in paths.items()}
+    configs = [config for _, config in students.values()]
+    if any(config.data.dataset != teacher_config.data.dataset for config in configs):
+        raise UsageError(f"teacher {args.teacher} and the students were trained on different datasets")
+    # One set of RDD settings for every measurement (τ and λ set the scale): the RDD-distilled student's.
+    rdd = next((c.distill.rdd for c in reversed(configs) if c.distill.method == "rdd"), RDDConfig())
+    config = DisparityConfig(rdd, args.batch_size)
+    configs[0].eval.max_frames = args.frames
+    frames, _ = validation_frames(configs[0])
+    reports = {}
+    for label, (student, student_config) in students.items():
+        with_psi = student_config.distill.method == "rdd" and not args.ignore_adapter
+        psi = trained_adapter(paths[label]).to(device) if with_psi else None
+        reports[label] = measure_disparity(teacher, student, frames, config, psi)
+    sources = {"teacher": str(args.teacher), **{label: str(path) for label, path in paths.items()}}
+    for line in write_disparity_report(args.out, reports, sources, config.widespread_share):
+        print(line)
+    print(f"wrote {args.out / 'disparity.json'} and {args.out / 'disparity.png'}")
+
+
 # ----------------------------------------------------------------------------- shared helpers
 def _add_world_overrides(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -322,7 +375,7 @@ def _world_config(overrides: Sequence[str]):
 
 
 COMMANDS: tuple[Callable, ...] = (_add_demo, _add_simulate, _add_show, _add_train, _add_distill, _add_eval, _add_flops,
-                                 _add_benchmark)
+                                 _add_benchmark, _add_disparity)
 
 
 def build_parser() -> argparse.ArgumentParser:

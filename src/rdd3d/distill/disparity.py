@@ -1,0 +1,246 @@
+"""Representation disparity between a teacher and a student, measured on RDD's region pairs: the
+paper's key observation (its Fig. 1–2) made into a tool.
+
+Batch by batch, without gradient, both models run through a :class:`Distiller`; RDD's bilateral
+proposals (the teacher's and the student's decoded detections) give the region pairs; both BEV maps
+are pooled at every pair's box through each model's own geometry and channel-softmax-normalised with
+τ; ``d_i`` is the mean over the pooled grid of ``||R̂_i^S − R̂_i^T||²`` and ``d̃_i = d_i / max d`` over the
+batch — exactly what :meth:`RDDLoss.pair_disparities` computes during training.
+
+The student's channels must be put beside the teacher's (``DisparityReport.mapping``):
+
+* ``adapter``: the ψ trained with the student by RDD (a ``rdd3d distill --method rdd`` checkpoint),
+  as RDD itself measures disparity.
+* ``identity``: no trained ψ, equal channel counts (e.g. CP-Pillar and its pillar students): the maps
+  are compared as they are.
+* ``channel-mean``: no trained ψ, different counts (e.g. CP-Voxel's 384 and XXS's 96): the wider map's
+  channels are averaged in consecutive groups down to the narrower map's count (adaptive average
+  pooling over channels; a parameter-free ψ that averages rather than learns).
+
+Without a trained ψ, channel ``c`` of one model has no reason to mean channel ``c`` of the other, so
+those distances measure how differently the models spread their activation over channels and space.
+Compare two checkpoints only when both were measured with the same mapping.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, NamedTuple, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rdd3d.data.collate import collate_frames
+from rdd3d.data.types import Frame
+from rdd3d.distill.base import DistillStep, ModelView, adapter
+from rdd3d.distill.distiller import Distiller
+from rdd3d.distill.rdd import RDDConfig, RDDLoss
+from rdd3d.engine.checkpoint import CheckpointError, load_checkpoint, load_model_state
+from rdd3d.fileio import write_bytes, write_json
+
+MAPPINGS = ("adapter", "identity", "channel-mean")
+#: Where a distillation checkpoint keeps RDD's ψ (the Distiller's first loss module, its ``adapter``).
+ADAPTER_PREFIX = "losses.0.adapter."
+#: Largest d still read as agreement: identical maps give exact zeros; float noise stays far below
+#: the ~1e-9 of two untrained models of one preset (d shrinks with the channel count at τ = 4).
+AGREEMENT = 1e-12
+
+
+@dataclass(frozen=True)
+class DisparityConfig:
+    rdd: RDDConfig = field(default_factory=RDDConfig)  # proposals, pooling grid, τ and λ, as RDD uses them
+    batch_size: int = 4  # frames per batch; d̃ is normalised per batch, as in training
+    widespread_share: float = 0.5  # verdict: the share of pairs with d̃ >= λ from which disparity is widespread
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"DisparityConfig.batch_size must be >= 1, got {self.batch_size}")
+        if not 0 < self.widespread_share <= 1:
+            raise ValueError(f"DisparityConfig.widespread_share must be in (0, 1], got {self.widespread_share}")
+
+
+class DisparityReport(NamedTuple):
+    distances: np.ndarray  # (P,) d_i over every batch
+    normalised: np.ndarray  # (P,) d̃_i = d_i / max d of the pair's batch
+    from_teacher: np.ndarray  # (P,) bool: the pair comes from a teacher proposal
+    frames: int
+    lam: float  # λ of the selection the share above refers to
+    mapping: str  # one of MAPPINGS
+
+    def summary(self) -> dict[str, float | int | str | None]:
+        """Counts and statistics of d; ``share_above_lambda`` is the share of pairs RDD would distil
+        (d̃ >= λ). Statistics of an empty set are None."""
+        distances = self.distances
+        stats: dict[str, float | int | str | None] = {
+            "frames": self.frames, "mapping": self.mapping, "lam": self.lam, "pairs": int(distances.size),
+            "teacher_pairs": int(self.from_teacher.sum()), "student_pairs": int((~self.from_teacher).sum()),
+        }
+        empty = distances.size == 0
+        stats.update({
+            "mean": None if empty else float(distances.mean()),
+            "median": None if empty else float(np.median(distances)),
+            "p90": None if empty else float(np.percentile(distances, 90)),
+            "max": None if empty else float(distances.max()),
+            "share_above_lambda": None if empty else float((self.normalised >= self.lam).mean()),
+            "mean_teacher_pairs": _mean(distances[self.from_teacher]),
+            "mean_student_pairs": _mean(distances[~self.from_teacher]),
+        })
+        return stats
+
+
+def _mean(values: np.ndarray) -> float | None:
+    return float(values.mean()) if values.size else None
+
+
+@torch.no_grad()
+def measure_disparity(teacher: nn.Module, student: nn.Module, frames: Sequence[Frame],
+                      config: DisparityConfig = DisparityConfig(), trained_psi: nn.Module | None = None,
+                      ) -> DisparityReport:
+    """Region-pair disparities of ``student`` against ``teacher`` on ``frames`` (on the teacher's device).
+
+    ``trained_psi`` is RDD's adapter trained with this student (see :func:`trained_adapter`); without
+    it the maps are compared as they are or with channel means (module docstring). The models are
+    copied first: the distiller's taps are forward hooks, and the caller's models stay without them.
+    """
+    if not frames:
+        raise ValueError("measure_disparity needs at least one frame")
+    device = next(teacher.parameters()).device
+    distiller = Distiller(copy.deepcopy(teacher), copy.deepcopy(student).to(device), []).eval()
+    loss, mapping, parts = None, "", []
+    for start in range(0, len(frames), config.batch_size):
+        step = distiller.step_views(collate_frames(frames[start:start + config.batch_size]).to(device))
+        if loss is None:
+            loss, mapping = _measuring_loss(step, config.rdd, trained_psi, device)
+        if mapping == "channel-mean":
+            step = _channel_means(step, loss.student_channels)
+        pairs = loss.pair_disparities(step)
+        parts.append((pairs.disparity, pairs.normalised, pairs.from_teacher))
+    distances, normalised, from_teacher = (torch.cat(column).cpu().numpy() for column in zip(*parts))
+    return DisparityReport(distances, normalised, from_teacher, len(frames), config.rdd.lam, mapping)
+
+
+def _measuring_loss(step: DistillStep, rdd: RDDConfig, trained_psi: nn.Module | None,
+                    device: torch.device) -> tuple[RDDLoss, str]:
+    """An RDD loss in eval mode whose ψ is the trained one, or none at all (identity on matched channels)."""
+    student_channels = step.student.taps["bev"].shape[1]
+    teacher_channels = step.teacher.taps["bev"].shape[1]
+    if trained_psi is not None:
+        loss, mapping = RDDLoss(rdd, student_channels, teacher_channels), "adapter"
+        loss.adapter = trained_psi
+    else:
+        channels = min(student_channels, teacher_channels)
+        loss = RDDLoss(rdd, channels, channels)
+        loss.adapter = nn.Identity()
+        mapping = "identity" if student_channels == teacher_channels else "channel-mean"
+    return loss.to(device).eval(), mapping
+
+
+def _channel_means(step: DistillStep, channels: int) -> DistillStep:
+    """The step with the wider BEV map's channels averaged in consecutive groups down to ``channels``."""
+    def narrowed(view: ModelView) -> ModelView:
+        bev = view.taps["bev"]  # (B, C, H, W)
+        if bev.shape[1] == channels:
+            return view
+        pooled = F.adaptive_avg_pool3d(bev.unsqueeze(1), (channels, *bev.shape[-2:])).squeeze(1)  # (B, channels, H, W)
+        return dataclasses.replace(view, taps={**view.taps, "bev": pooled})
+
+    return DistillStep(step.batch, narrowed(step.teacher), narrowed(step.student))
+
+
+def trained_adapter(path: str | Path) -> nn.Module:
+    """RDD's ψ from a ``rdd3d distill --method rdd`` checkpoint, in eval mode."""
+    state = load_checkpoint(path)
+    weights = {key[len(ADAPTER_PREFIX):]: value for key, value in state.get("model", {}).items()
+               if key.startswith(ADAPTER_PREFIX)}
+    if not weights:
+        raise CheckpointError(f"{path}: holds no RDD adapter (no '{ADAPTER_PREFIX}*' weights); "
+                              f"is it a checkpoint of `rdd3d distill --method rdd`?")
+    teacher_channels, student_channels = weights["0.weight"].shape[:2]  # the 1×1 conv: (C_T, C_S, 1, 1)
+    psi = adapter(student_channels, teacher_channels)
+    load_model_state(psi, weights, source=f"{path} (RDD adapter)")
+    return psi.eval()
+
+
+# ----------------------------------------------------------------------------- the report
+def verdict(reports: Mapping[str, DisparityReport], widespread_share: float = 0.5) -> list[str]:
+    """Plain-language reading of the reports ("before" the student checkpoint, "after" distillation)."""
+    lines = []
+    for label, report in reports.items():
+        stats = report.summary()
+        if stats["pairs"] == 0:
+            lines.append(f"{label}: no region pairs (neither model detects anything above the score threshold)")
+        elif stats["max"] <= AGREEMENT:
+            lines.append(f"{label}: no representation disparity: teacher and student agree on all "
+                         f"{stats['pairs']} region pairs")
+        else:
+            share = stats["share_above_lambda"]
+            reading = ("widespread: the student suffers from representation disparity" if share >= widespread_share
+                       else "concentrated on a few regions")
+            lines.append(f"{label}: {share:.0%} of {stats['pairs']} region pairs lie above λ = {report.lam:g} of "
+                         f"their batch's largest disparity (RDD distils those) — disparity is {reading}; "
+                         f"mean d {stats['mean']:.3g}, median {stats['median']:.3g}, p90 {stats['p90']:.3g}")
+    if "before" in reports and "after" in reports:
+        before, after = reports["before"].summary(), reports["after"].summary()
+        if reports["before"].mapping != reports["after"].mapping:
+            lines.append(f"warning: before was measured with '{before['mapping']}', after with "
+                         f"'{after['mapping']}': the distances are not on one scale (use --ignore-adapter)")
+        if before["pairs"] and after["pairs"] and before["median"] > AGREEMENT and before["p90"] > AGREEMENT:
+            change = {key: after[key] / before[key] - 1 for key in ("mean", "median", "p90")}
+            tail = ("the high-disparity tail shrank less than the bulk (the paper's observation for "
+                    "off-the-shelf KD)" if change["p90"] > change["median"] else
+                    "the high-disparity tail shrank at least as much as the bulk")
+            lines.append(f"after vs before: mean {change['mean']:+.0%}, median {change['median']:+.0%}, "
+                         f"p90 {change['p90']:+.0%}: {tail}")
+    return lines
+
+
+def histogram_edges(reports: Mapping[str, DisparityReport], bins: int = 40) -> np.ndarray:
+    """Bin edges over [0, largest d of all reports], shared so that histograms overlay."""
+    top = max((float(r.distances.max()) for r in reports.values() if r.distances.size), default=0.0)
+    return np.linspace(0.0, max(top, AGREEMENT), bins + 1)
+
+
+def render_histograms(reports: Mapping[str, DisparityReport], edges: np.ndarray, title: str = "") -> bytes:
+    """PNG: share of region pairs per bin of d (left) and of d̃ with λ marked (right), reports overlaid."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(11, 4.2), layout="constrained")
+    raw, normalised = figure.subplots(1, 2)
+    for (label, report), color in zip(reports.items(), ("#e53935", "#1e88e5", "#43a047")):
+        weights = np.full(report.distances.size, 1 / max(report.distances.size, 1))
+        name = f"{label} ({report.distances.size} pairs, {report.mapping})"
+        raw.hist(report.distances, bins=edges, weights=weights, color=color, alpha=0.5, label=name)
+        normalised.hist(report.normalised, bins=np.linspace(0, 1, 41), weights=weights, color=color, alpha=0.5,
+                        label=name)
+        normalised.axvline(report.lam, color="black", linestyle="--", linewidth=1)
+    raw.set_xlabel("d: mean squared channel-softmax difference of the pooled region pair")
+    normalised.set_xlabel("d̃ = d / largest d of the batch (dashed: λ)")
+    for axes in (raw, normalised):
+        axes.set_ylabel("share of region pairs")
+        axes.legend(fontsize=8)
+    figure.suptitle(title or "teacher–student representation disparity on region pairs")
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110)
+    return buffer.getvalue()
+
+
+def write_disparity_report(out_dir: str | Path, reports: Mapping[str, DisparityReport],
+                           sources: Mapping[str, str], widespread_share: float = 0.5) -> list[str]:
+    """``disparity.json`` (summaries, shared histogram, verdict) and ``disparity.png``; returns the verdict.
+    ``sources`` names what was measured (e.g. ``{"teacher": path, "before": path, "after": path}``)."""
+    out_dir = Path(out_dir)
+    edges = histogram_edges(reports)
+    lines = verdict(reports, widespread_share)
+    payload = {"sources": dict(sources), "histogram_edges": edges.tolist(), "verdict": lines}
+    for label, report in reports.items():
+        counts, _ = np.histogram(report.distances, bins=edges)
+        payload[label] = {**report.summary(), "histogram_counts": counts.tolist()}
+    write_json(out_dir / "disparity.json", payload)
+    write_bytes(out_dir / "disparity.png", render_histograms(reports, edges))
+    return lines

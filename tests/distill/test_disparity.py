@@ -1,0 +1,137 @@
+"""The disparity report: RDD's region-pair distances between a teacher and a student, as a tool."""
+
+import copy
+import json
+
+import pytest
+import torch
+
+from rdd3d.cli import main
+from rdd3d.data.collate import collate_frames
+from rdd3d.data.synthetic import SyntheticDataset, WorldConfig
+from rdd3d.distill.base import BEVGeometry, DistillStep, ModelView, adapter
+from rdd3d.distill.disparity import (
+    ADAPTER_PREFIX, DisparityConfig, _channel_means, measure_disparity, trained_adapter, verdict,
+)
+from rdd3d.distill.distiller import Distiller
+from rdd3d.distill.rdd import RDDConfig, RDDLoss
+from rdd3d.engine.checkpoint import CheckpointError, save_checkpoint
+from rdd3d.engine.config import load_run_config
+from rdd3d.engine.config_loading import build_config
+from rdd3d.engine.runs import build_model, plain_config
+from rdd3d.models.presets import build_detector
+
+#: A sparse world: a few thousand points a frame, so that every forward pass takes milliseconds.
+SPARSE_WORLD = ["lidar.beams=8", "lidar.azimuth_resolution_deg=2.0", "lidar.num_sweeps=1",
+                "objects_per_scene=[4,6]", "distractors_per_scene=[0,2]"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def frames():
+    dataset = SyntheticDataset("val", 2, config=build_config(WorldConfig, overrides=SPARSE_WORLD))
+    return [dataset[0], dataset[1]]
+
+
+def _detector(preset: str, seed: int):
+    torch.manual_seed(seed)
+    return build_detector(preset).eval()
+
+
+def test_identical_models_show_no_disparity(frames):
+    teacher = _detector("cp-pillar-v0.64", 0)
+    report = measure_disparity(teacher, copy.deepcopy(teacher), frames, DisparityConfig(batch_size=2))
+    stats = report.summary()
+    assert stats["pairs"] > 0 and stats["teacher_pairs"] == stats["student_pairs"]  # the same detections
+    assert report.mapping == "identity" and stats["max"] == 0.0 and stats["share_above_lambda"] == 0.0
+    assert verdict({"before": report})[0].startswith("before: no representation disparity")
+
+
+@pytest.mark.parametrize("student, mapping", [("cp-pillar-v0.64", "identity"), ("cp-voxel-xxs", "channel-mean")])
+def test_different_models_show_disparity(frames, student, mapping):
+    teacher = _detector("cp-pillar-v0.64", 0)
+    report = measure_disparity(teacher, _detector(student, 1), frames, DisparityConfig(batch_size=1))
+    stats = report.summary()
+    assert report.mapping == mapping and stats["mean"] > 0 and stats["frames"] == 2
+    assert stats["pairs"] == stats["teacher_pairs"] + stats["student_pairs"] == report.normalised.size
+    # d̃ is normalised per batch (here per frame): its largest value is 1 in each.
+    assert report.normalised.max() == pytest.approx(1.0) and (report.normalised <= 1).all()
+    assert stats["share_above_lambda"] == pytest.approx((report.normalised >= 0.1).mean())
+
+
+def test_a_trained_adapter_measures_what_rdd_measures(frames):
+    teacher, student = _detector("cp-voxel-xs", 0), _detector("cp-voxel-xxs", 1)
+    psi = adapter(96, 192).eval()
+    torch.nn.init.normal_(psi[0].weight)
+    report = measure_disparity(teacher, student, frames, DisparityConfig(batch_size=2), psi)
+    loss = RDDLoss(RDDConfig(), 96, 192)
+    loss.adapter = psi
+    step = Distiller(teacher, student, []).eval().step_views(collate_frames(frames))
+    expected = loss.eval().pair_disparities(step)
+    assert report.mapping == "adapter"
+    torch.testing.assert_close(torch.from_numpy(report.distances), expected.disparity)
+
+
+def test_the_callers_models_are_left_without_hooks(frames):
+    teacher, student = _detector("cp-pillar-v0.64", 0), _detector("cp-pillar-v0.64", 1)
+    measure_disparity(teacher, student, frames[:1])
+    assert not any(module._forward_hooks for model in (teacher, student) for module in model.modules())
+
+
+def test_channel_means_average_consecutive_channel_groups():
+    geometry = BEVGeometry((0.0, 0.0, -1.0, 4.0, 4.0, 1.0), (1.0, 1.0, 2.0), 1.0)
+    wide = torch.arange(6.0).reshape(1, 6, 1, 1).expand(1, 6, 2, 2)  # channel c holds c everywhere
+    narrow = torch.zeros(1, 3, 2, 2)
+    step = DistillStep(None, ModelView(None, None, {"bev": wide}, geometry), ModelView(None, None, {"bev": narrow},
+                                                                                          geometry))
+    matched = _channel_means(step, 3)
+    assert matched.student.taps["bev"] is narrow
+    torch.testing.assert_close(matched.teacher.taps["bev"][0, :, 0, 0], torch.tensor([0.5, 2.5, 4.5]))
+
+
+# ----------------------------------------------------------------------------- the command
+def _checkpoint(path, preset: str, seed: int, method: str = "none", psi_channels: tuple[int, int] | None = None):
+    """A checkpoint as `rdd3d train` (method none) or `rdd3d distill` writes it, without training."""
+    config = load_run_config((), [f"model.preset={preset}", f"distill.method={method}", "data.val_size=2",
+                                  *(f"data.world.{override}" for override in SPARSE_WORLD)])
+    torch.manual_seed(seed)
+    prefix = "detector." if method == "none" else "student."
+    model = {prefix + key: value for key, value in build_model(config).state_dict().items()}
+    if psi_channels is not None:
+        model.update({ADAPTER_PREFIX + key: value for key, value in adapter(*psi_channels).state_dict().items()})
+    save_checkpoint(path, {"config": plain_config(config), "model": model})
+    return path
+
+
+def test_disparity_command_before_and_after(tmp_path, capsys):
+    teacher = _checkpoint(tmp_path / "teacher.pt", "cp-pillar-v0.64", 0)
+    after = _checkpoint(tmp_path / "after.pt", "cp-pillar-v0.64", 1, "rdd", (288, 288))
+    out = tmp_path / "report"
+    assert main(["disparity", "--teacher", str(teacher), "--student", str(teacher), "--student-after", str(after),
+                 "--frames", "2", "--batch-size", "2", "--device", "cpu", "--out", str(out)]) == 0
+    report = json.loads((out / "disparity.json").read_text())
+    assert report["before"]["max"] == 0.0 and report["before"]["mapping"] == "identity"
+    assert report["after"]["mean"] > 0 and report["after"]["mapping"] == "adapter"
+    for field in ("pairs", "mean", "median", "p90", "share_above_lambda", "histogram_counts"):
+        assert field in report["after"]
+    assert sum(report["after"]["histogram_counts"]) == report["after"]["pairs"]
+    assert len(report["histogram_edges"]) == len(report["before"]["histogram_counts"]) + 1
+    assert (out / "disparity.png").read_bytes()[:4] == b"\x89PNG"
+    printed = capsys.readouterr().out
+    assert "before: no representation disparity" in printed and "warning: before was measured with" in printed
+    assert report["verdict"] == printed.splitlines()[:len(report["verdict"])]
+
+
+def test_trained_adapter_reads_the_distillation_checkpoint(tmp_path):
+    path = _checkpoint(tmp_path / "rdd.pt", "cp-pillar-v0.64", 0, "rdd", (288, 288))
+    psi = trained_adapter(path)
+    assert psi[0].weight.shape == (288, 288, 1, 1) and not psi.training
+    with pytest.raises(CheckpointError, match="holds no RDD adapter"):
+        trained_adapter(_checkpoint(tmp_path / "plain.pt", "cp-pillar-v0.64", 0))
