@@ -9,10 +9,11 @@ import torch
 from rdd3d.cli import EXIT_USAGE, main
 from rdd3d.engine.benchmark import (
     BenchmarkPlan, BenchmarkResults, PairPlan, RunResult, VariantPlan, config_differences, format_markdown,
-    load_plan, plan_runs, summarise,
+    load_plan, plan_runs, summarise, train_or_reuse,
 )
 from rdd3d.engine.config_loading import ConfigError
 from rdd3d.engine.run_logging import read_log
+from rdd3d.engine.trainer import Trainer
 from rdd3d.models.complexity import count_parameters
 from rdd3d.models.presets import build_detector
 
@@ -164,3 +165,23 @@ def test_shipped_plans_load_and_distil_from_their_pairs_teacher(path, tmp_path):
     for run in students:
         expected = "" if run.method == "none" else str(teachers[run.pair.name])
         assert run.config.distill.teacher_checkpoint == expected
+
+
+def test_an_interrupted_run_resumes_where_it_stopped(tmp_path, monkeypatch):
+    plan = load_plan(SMOKE, ["trainer.epochs=2", "trainer.log_interval=1"])
+    config = plan_runs(plan, tmp_path)[1].config  # the student without KD
+    original = Trainer._train_epoch
+
+    def stop_in_second_epoch(trainer):
+        if trainer.epoch == 1:
+            raise KeyboardInterrupt
+        original(trainer)
+
+    monkeypatch.setattr(Trainer, "_train_epoch", stop_in_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train_or_reuse(config)
+    monkeypatch.setattr(Trainer, "_train_epoch", original)
+    trained = train_or_reuse(config)
+    assert trained.steps == 2 and not trained.reused
+    assert [record["step"] for record in read_log(Path(config.output_dir) / "log.jsonl", "train")] == [1, 2]
+    assert train_or_reuse(config).reused
