@@ -118,3 +118,14 @@ def test_flops_table_and_unknown_preset(tmp_path, capsys):
     rows = json.loads((tmp_path / "f.json").read_text())
     assert rows[0]["preset"] == "cp-voxel-xxs" and 0.05 < rows[0]["macs_ratio"] < 0.2
     assert main(["flops", "cp-voxel-tiny"]) == EXIT_USAGE
+
+
+def test_unreadable_data_file_is_named(tmp_path, capsys):
+    root = tmp_path / "sim"
+    assert main(["simulate", "--out", str(root), "--train-size", "2", "--val-size", "1"]) == 0
+    broken = sorted((root / "points").glob("train_*.bin"))[1]
+    broken.write_bytes(broken.read_bytes()[:-6])  # truncated mid-row
+    assert main(["train", "--set", f"data.root={root}", "--set", f"output_dir={tmp_path / 'run'}",
+                 *TINY_RUN]) == EXIT_FAILURE
+    error = capsys.readouterr().err
+    assert broken.name in error and "not a multiple of 5 columns" in error
