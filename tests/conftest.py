@@ -7,6 +7,11 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
+
+# Tests run tiny ops where thread start-up costs more than it saves, and a second busy process on
+# a 2-core machine makes multi-threaded ops crawl; tests that need more threads set them explicitly.
+torch.set_num_threads(int(os.environ.get("RDD3D_TEST_THREADS", "1")))
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_REAL_DATA = REPO_ROOT.parent / "shared" / "data" / "real"

@@ -7,22 +7,18 @@ BEV pictures of their detections on one frame, and their training curves.
 
 from __future__ import annotations
 
-import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from rdd3d.engine.checkpoint import load_checkpoint
+from rdd3d.data.types import Boxes3D
+from rdd3d.engine.benchmark import measure_checkpoint, train_or_reuse, validation_frames
 from rdd3d.engine.config import RunConfig, load_run_config
 from rdd3d.engine.detection_task import predict
-from rdd3d.engine.runs import (
-    build_datasets, detector_from_checkpoint, distill_student, plain_config, train_detector,
-)
-from rdd3d.evaluation.detection_metrics import evaluate_frames
+from rdd3d.engine.runs import detector_from_checkpoint
 from rdd3d.fileio import write_json
-from rdd3d.models.complexity import count_macs, count_parameters
 from rdd3d.viz import BoxLayer, save_bev, save_training_curves
 
 
@@ -59,37 +55,32 @@ def run_demo(output_dir: Path, quick: bool = False, seed: int = 0) -> list[DemoR
     budget = QUICK if quick else FULL
     output_dir = Path(output_dir)
     started = time.perf_counter()
-    teacher_ckpt = _train_once(output_dir / "teacher", _config(output_dir / "teacher", TEACHER, "none",
-                                                                budget, budget.teacher_epochs, seed))
-    runs = {"teacher": (teacher_ckpt, TEACHER, "none")}
+    teacher_config = _config(output_dir / "teacher", TEACHER, "none", budget, budget.teacher_epochs, seed)
+    runs = {"teacher": (_train(teacher_config), TEACHER, "none")}
     for method in ("none", "rdd"):
         name = "student" if method == "none" else "student+rdd"
-        run_dir = output_dir / name.replace("+", "_")
-        config = _config(run_dir, STUDENT, method, budget, budget.student_epochs, seed)
-        config.distill.teacher_checkpoint = str(teacher_ckpt)
-        runs[name] = (_train_once(run_dir, config, distill=True), STUDENT, method)
+        config = _config(output_dir / name.replace("+", "_"), STUDENT, method, budget, budget.student_epochs, seed)
+        config.distill.teacher_checkpoint = str(runs["teacher"][0])
+        runs[name] = (_train(config), STUDENT, method)
 
-    _, val_set = build_datasets(_config(output_dir, STUDENT, "none", budget, 1, seed))
-    frames = [val_set[i] for i in range(len(val_set))]
-    rows, detections = [], {}
+    frames, class_ranges = validation_frames(teacher_config)
+    cpu = torch.device("cpu")
+    rows = []
     for name, (checkpoint, preset, method) in runs.items():
-        detector, _ = detector_from_checkpoint(checkpoint)
-        detections[name] = predict(detector, frames, torch.device("cpu"), budget.batch_size)
-        metrics = evaluate_frames(frames, detections[name], val_set.class_ranges)
-        points = [torch.from_numpy(frames[0].points.points)]
-        report = count_macs(detector, points)
-        rows.append(DemoRow(name, preset, method, metrics.mean_ap, metrics.nd_score, report.macs / 1e9,
-                            count_parameters(detector) / 1e6, _latency_ms(detector, points)))
+        measured = measure_checkpoint(checkpoint, frames, class_ranges, cpu, budget.batch_size)
+        rows.append(DemoRow(name, preset, method, measured.metrics["mAP"], measured.metrics["NDS"],
+                            measured.gmacs, measured.params / 1e6, measured.latency_ms))
 
     table = format_table(rows)
     (output_dir / "results.md").write_text(table + "\n", encoding="utf-8")
     write_json(output_dir / "results.json", {"budget": budget.__dict__, "rows": [row.__dict__ for row in rows]})
     frame = frames[0]
-    for name, per_frame in detections.items():
-        found = per_frame[0]
+    for name, (checkpoint, _, _) in runs.items():
+        detector, _ = detector_from_checkpoint(checkpoint)
+        found = predict(detector, [frame], cpu)[0]
         save_bev(output_dir / f"bev_{name.replace('+', '_')}.png", frame.points,
-                 [BoxLayer(frame.boxes, frame.labels), BoxLayer(_boxes(found), found.labels.numpy(),
-                                                                found.scores.numpy(), name)],
+                 [BoxLayer(frame.boxes, frame.labels),
+                  BoxLayer(Boxes3D(found.boxes.numpy()), found.labels.numpy(), found.scores.numpy(), name)],
                  classes=frame.classes, title=f"{name} on {frame.frame_id}")
     save_training_curves(output_dir / "training_curves.png",
                          {name: Path(ckpt).parent / "log.jsonl" for name, (ckpt, _, _) in runs.items()})
@@ -118,30 +109,8 @@ def _config(output_dir: Path, preset: str, method: str, budget: DemoBudget, epoc
     ])
 
 
-def _train_once(run_dir: Path, config: RunConfig, distill: bool = False) -> Path:
-    """Train unless ``run_dir`` already holds a finished run of the same config (then reuse it)."""
-    last = run_dir / "last.pt"
-    if last.is_file():
-        state = load_checkpoint(last)
-        if state.get("epoch") == config.trainer.epochs and state.get("config") == plain_config(config):
-            print(f"reusing {last}")
-            return last
-    (distill_student if distill else train_detector)(config)
-    return last
-
-
-def _latency_ms(detector, points, repeats: int = 5) -> float:
-    detector.eval()
-    times = []
-    with torch.no_grad():
-        for _ in range(repeats):
-            started = time.perf_counter()
-            detector(points)
-            times.append(time.perf_counter() - started)
-    return 1000 * statistics.median(times)
-
-
-def _boxes(detections):
-    from rdd3d.data.types import Boxes3D
-
-    return Boxes3D(detections.boxes.numpy())
+def _train(config: RunConfig) -> Path:
+    trained = train_or_reuse(config)
+    if trained.reused:
+        print(f"reusing {trained.checkpoint}")
+    return trained.checkpoint
