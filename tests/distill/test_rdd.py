@@ -116,17 +116,14 @@ def test_bilateral_pairs_read_teacher_and_student_at_the_same_metric_box_across_
     assert (loss.pair_disparities(step).disparity > 0).all()
 
 
-def _logit_step(student_heatmap, student_geometry=TEACHER):
+def _teacher_with_one_box():
+    """A teacher with one detection, 0.5 m wide at (0.2, 0.3) m: centre cell (row 16, column 16), radius 2."""
     torch.manual_seed(0)
-    size = TEACHER_SIZE if student_geometry is TEACHER else STUDENT_SIZE
-    teacher = _view(torch.rand(1, 4, *TEACHER_SIZE), torch.randn(1, 2, *TEACHER_SIZE),
-                    _detections((0.2, 0.3)), TEACHER)
-    student = _view(torch.rand(1, 4, *size), student_heatmap, _detections(), student_geometry)
-    return teacher, student
+    return _view(torch.rand(1, 4, *TEACHER_SIZE), torch.randn(1, 2, *TEACHER_SIZE), _detections((0.2, 0.3)), TEACHER)
 
 
 def test_logit_loss_sees_exactly_the_gaussian_area_of_each_proposal():
-    teacher, _ = _logit_step(None)
+    teacher = _teacher_with_one_box()
     heatmap = teacher.taps["head"][0]
     loss = _rdd(selection="all")
 
@@ -142,12 +139,13 @@ def test_logit_loss_sees_exactly_the_gaussian_area_of_each_proposal():
     assert logit_term(outside) == 0.0
     inside[0, 1, 17, 17] = 10.0  # distance sqrt(2)
     change = (torch.sigmoid(torch.tensor(10.0)) - heatmap[0, 1, 17, 17].sigmoid()).abs()
-    assert logit_term(inside) == pytest.approx(0.2 * change.item() / (13 * 2), rel=1e-5)  # α2 · |Δ| / (cells · classes)
+    # α2 · |Δ| / (cells · classes), one pair
+    assert logit_term(inside) == pytest.approx(0.2 * change.item() / (13 * 2), rel=1e-5)
 
 
 def test_logit_loss_resamples_a_student_heatmap_of_another_resolution_onto_the_teachers_grid():
+    teacher = _teacher_with_one_box()
     base = torch.randn(1, 2, *STUDENT_SIZE)
-    teacher, _ = _logit_step(None)
     loss = _rdd(selection="all")
 
     def logit_term(student_heatmap):
@@ -170,12 +168,12 @@ def test_feature_term_weighs_each_pair_by_its_selection():
     student = _view(torch.rand(2, 4, *STUDENT_SIZE) * 4, torch.randn(2, 1, *STUDENT_SIZE),
                     _detections() + _detections(*centres[3:]), STUDENT)
     step = DistillStep(None, teacher, student)
-    for lam in (0.0, 0.5):
+    for lam, selected in ((0.0, range(5, 6)), (0.5, range(1, 5))):  # all pairs; some but not all
         loss = _rdd(lam=lam)
         terms = loss(step)
         pairs = loss.last_pairs
         assert pairs.proposals.batch_index.tolist() == [0, 0, 0, 1, 1]
-        assert torch.equal(pairs.weights.bool(), pairs.normalised >= lam)
+        assert torch.equal(pairs.weights.bool(), pairs.normalised >= lam) and int(pairs.weights.sum()) in selected
         expected = 0.2 * (pairs.weights * pairs.disparity).sum() / 5
         torch.testing.assert_close(terms["rdd/feature"], expected)
     # The literal norm over a whole 7 x 7 patch is sqrt(49 · d_i).
@@ -197,13 +195,14 @@ def test_no_proposals_give_zero_terms_still_connected_to_the_adapter_and_student
 
 
 def test_ablation_switches():
-    teacher, student = _logit_step(torch.randn(1, 2, *TEACHER_SIZE))
-    student.taps["bev"].requires_grad_(True)
+    teacher = _teacher_with_one_box()
+    student_bev = torch.rand(1, 4, *TEACHER_SIZE, requires_grad=True)
+    student = _view(student_bev, torch.randn(1, 2, *TEACHER_SIZE), _detections(), TEACHER)
     logit_only = _rdd(use_feature=False)
     terms = logit_only(DistillStep(None, teacher, student))
     assert set(terms) == {"rdd/adapter", "rdd/logit"}
     terms["rdd/adapter"].backward()  # trains ψ, never the student's map
-    assert student.taps["bev"].grad is None and logit_only.adapter[0].weight.grad is not None
+    assert student_bev.grad is None and logit_only.adapter[0].weight.grad is not None
     assert set(_rdd(use_logit=False)(DistillStep(None, teacher, student))) == {"rdd/feature"}
 
 

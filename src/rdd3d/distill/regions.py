@@ -32,7 +32,7 @@ def sample_points(feature_map: Tensor, geometry: BEVGeometry, xy: Tensor, batch_
     """Bilinear values of ``feature_map`` (B, C, H, W) at metric points ``xy`` (K, P, 2), point set
     ``k`` read in sample ``batch_index[k]`` -> ``(K, C, P)``. One ``grid_sample`` call for the batch:
     sets are laid out per sample and padded to the largest count with off-map points."""
-    batch, channels, height, width = feature_map.shape
+    batch, _, height, width = feature_map.shape
     count, points = xy.shape[:2]
     counts = torch.bincount(batch_index, minlength=batch)  # (B,)
     if counts.numel() > batch:
