@@ -109,8 +109,8 @@ def area_mask(
     mask = torch.zeros(batch_size * height * width, dtype=torch.bool, device=boxes.device)
     if boxes.shape[0]:
         area = gaussian_areas(boxes, bev_grid(geometry, size), gaussian_overlap, min_radius)
-        keep = area.mask & area.on_map[:, None]  # (K, A)
-        flat = batch_index[:, None] * (height * width) + area.flat_index
+        keep = area.on_map[area.owner]  # (A,) cells of boxes centred on the map
+        flat = batch_index[area.owner] * (height * width) + area.flat_index
         mask[flat[keep]] = True
     return mask.view(batch_size, height, width)
 
