@@ -289,7 +289,7 @@ def _add_benchmark(commands) -> None:
         description="Run a benchmark plan (configs/benchmark/*.yaml): for each teacher/student pair, train the "
                     "teacher once, then the student without KD and with every method or variant for each seed; "
                     "evaluate all on the same validation frames; write results.json, results.md and results.png. "
-                    "Finished runs in --out are reused, interrupted ones resumed (docs/benchmark-runner.md).",
+                    "Finished runs in --out are reused, interrupted ones resumed (docs/benchmarking.md).",
     )
     parser.add_argument("--plan", required=True, type=Path, help="benchmark plan (YAML)")
     parser.add_argument("--out", type=Path, help="output folder (default runs/benchmark/<plan file name>)")
