@@ -32,7 +32,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--beams", type=int, help="override LidarConfig.beams")
     parser.add_argument("--sweeps", type=int, help="override LidarConfig.num_sweeps")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/synthetic.json"))
+    parser.add_argument("--out", type=Path, default=Path("outputs/benchmarks/synthetic.json"))
     args = parser.parse_args()
 
     lidar_changes = {k: v for k, v in (("beams", args.beams), ("num_sweeps", args.sweeps)) if v is not None}

@@ -32,7 +32,7 @@ def main():
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--json", default="benchmarks/results/rdd_step_cost.json", help="where to write the medians")
+    parser.add_argument("--json", default="outputs/benchmarks/rdd_step_cost.json", help="where to write the medians")
     args = parser.parse_args()
     torch.manual_seed(0)
     frames = SyntheticDataset("train", size=args.batch)
