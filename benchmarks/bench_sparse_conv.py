@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -27,6 +26,7 @@ import torch
 from torch import nn
 
 from bench_voxelize import load_sweep  # benchmarks/ is the script's directory
+from timing import best_time
 from rdd3d.data.voxelize import Voxelizer
 from rdd3d.fileio import write_json
 from rdd3d.models.backbones3d import VoxelResBackBone8x
@@ -36,15 +36,9 @@ from rdd3d.models.sparse import (
 )
 
 
-def best_time(function: Callable[[], object], repeats: int, threads: int) -> float:
+def best_time_with(function: Callable[[], object], repeats: int, threads: int) -> float:
     torch.set_num_threads(threads)
-    function()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return min(times)
+    return best_time(function, repeats)
 
 
 def macs(network: nn.Module) -> int:
@@ -74,14 +68,14 @@ def time_network(name: str, network: nn.Module, run: Callable[[], SparseTensor |
     set_sparse_backend(network, "spconv")
     with torch.no_grad():
         spconv_output = comparable(run())
-        spconv_ms = 1e3 * best_time(run, args.repeats, threads=1)
+        spconv_ms = 1e3 * best_time_with(run, args.repeats, threads=1)
     set_sparse_backend(network, "torch")
     with torch.no_grad():
         torch_output = comparable(run())
         row = dict(name=name, gmacs=macs(network) / 1e9, spconv_fwd_1t_ms=spconv_ms)
         for threads in args.threads:
-            row[f"torch_fwd_{threads}t_ms"] = 1e3 * best_time(run, args.repeats, threads)
-    row[f"torch_fwd_bwd_{args.threads[-1]}t_ms"] = 1e3 * best_time(
+            row[f"torch_fwd_{threads}t_ms"] = 1e3 * best_time_with(run, args.repeats, threads)
+    row[f"torch_fwd_bwd_{args.threads[-1]}t_ms"] = 1e3 * best_time_with(
         lambda: features_of(run()).sum().backward(), args.repeats, args.threads[-1]
     )
     row["max_abs_diff"] = float((spconv_output - torch_output).abs().max())

@@ -15,14 +15,14 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import time
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
 from rdd3d.data.voxelize import Voxelizer
+from timing import best_time  # benchmarks/ is the script's directory
 from rdd3d.fileio import write_json
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -61,14 +61,6 @@ def accumulate(points: torch.Tensor, sweeps: int) -> torch.Tensor:
     return torch.cat(copies)
 
 
-def best_time(function: Callable[[], object], repeats: int) -> float:
-    function()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def main() -> None:

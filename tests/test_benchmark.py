@@ -21,15 +21,6 @@ SMOKE = Path(__file__).resolve().parents[1] / "configs" / "benchmark" / "smoke.y
 LAMBDA_ZERO = "variants=[{name: rdd-lam0, method: rdd, overrides: [distill.rdd.lam=0.0]}]"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models on a shared two-core machine: a second thread per op costs more than it saves."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("benchmark")

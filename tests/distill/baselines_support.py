@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
-import pytest
 import torch
 from torch import Tensor, nn
 
@@ -26,16 +25,6 @@ TEACHER_SIZE = (16, 16)
 COARSE_GRID = BEVGeometry((-1.0, -1.0, -2.0, 9.0, 9.0, 2.0), (0.5, 0.5, 4.0), 2.0)
 COARSE_SIZE = (10, 10)
 INPUT_CHANNELS = 4
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Import into a test module to run its tests on one thread: on maps this small, waking a second
-    thread per op costs more than it saves (seconds per test on a loaded two-core machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 class TinyDetector(nn.Module):

@@ -6,7 +6,6 @@ import math
 import pytest
 import torch
 
-from baselines_support import one_thread  # noqa: F401 (autouse fixture)
 from rdd3d.data.collate import collate_frames
 from rdd3d.data.synthetic import SyntheticDataset
 from rdd3d.distill.baselines import BASELINES, FGConfig, GIDFeatureConfig, HintConfig, build_baseline

@@ -16,7 +16,6 @@ from baselines_support import (
     linear_map,
     make_identity,
     map_view,
-    one_thread,  # noqa: F401 (autouse fixture)
     run,
     step_of,
 )

@@ -11,7 +11,6 @@ from baselines_support import (
     cell_of,
     heads_from_probabilities,
     map_view,
-    one_thread,  # noqa: F401 (autouse fixture)
     step_of,
 )
 from rdd3d.distill.baselines import LADConfig, LADLoss, PPLogitConfig, PPLogitLoss

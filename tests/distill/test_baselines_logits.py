@@ -16,7 +16,6 @@ from baselines_support import (
     cell_of,
     heads_from_probabilities,
     map_view,
-    one_thread,  # noqa: F401 (autouse fixture)
     run,
     step_of,
 )

@@ -26,14 +26,6 @@ SPARSE_WORLD = ["lidar.beams=8", "lidar.azimuth_resolution_deg=2.0", "lidar.num_
                 "objects_per_scene=[4,6]", "distractors_per_scene=[0,2]"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def frames():
     dataset = SyntheticDataset("val", 2, config=build_config(WorldConfig, overrides=SPARSE_WORLD))
