@@ -140,3 +140,18 @@ def test_encode_decode_round_trip_returns_the_boxes(with_velocity):
         torch.testing.assert_close(detections.boxes[order], expected_boxes[expected_order], atol=1e-4, rtol=1e-4)
         assert detections.labels[order].tolist() == LABELS[expected_order].tolist()
         assert detections.scores.min() > 0.99
+
+
+def test_decoded_sizes_stay_finite_and_positive_for_wild_log_sizes():
+    from rdd3d.models.heads.targets import decode_boxes
+
+    codes = torch.zeros(3, 8)
+    codes[:, 6] = 1.0  # cos yaw
+    codes[0, 3:6] = 200.0  # exp overflows float32
+    codes[1, 3:6] = -200.0  # exp underflows to 0
+    codes[2, 3:6] = math.log(2.0)
+    boxes = decode_boxes(codes, torch.zeros(3, 2, dtype=torch.long), GRID)
+    sizes = boxes[:, 3:6]
+    assert torch.isfinite(sizes).all() and (sizes > 0).all()
+    torch.testing.assert_close(sizes[2], torch.full((3,), 2.0))
+    assert sizes[0].max() <= 1000.0 + 1e-3

@@ -15,6 +15,8 @@ Box code, in this order (the head's regression channels follow it):
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from typing import NamedTuple, Sequence
 
@@ -143,12 +145,18 @@ def encode_boxes(boxes: Tensor, cells: BoxCells, with_velocity: bool) -> Tensor:
     return torch.cat(parts, dim=1)
 
 
+#: Decoded sizes are kept within [1 mm, 1 km]: an early or diverging head can predict log sizes whose
+#: exponential overflows to inf or underflows to 0, which no box (nor the metrics) can hold.
+LOG_SIZE_RANGE = (math.log(1e-3), math.log(1e3))
+
+
 def decode_boxes(codes: Tensor, cells: Tensor, grid: BEVGrid) -> Tensor:
     """Inverse of :func:`encode_boxes`: ``(..., 8|10)`` codes predicted at ``(..., 2)`` (column, row)
     cells -> ``(..., 7|9)`` metric boxes."""
     xy = grid.to_metres(cells.to(codes.dtype) + codes[..., 0:2])
     yaw = torch.atan2(codes[..., 7:8], codes[..., 6:7])
-    return torch.cat([xy, codes[..., 2:3], codes[..., 3:6].exp(), yaw, codes[..., 8:]], dim=-1)
+    sizes = codes[..., 3:6].clamp(*LOG_SIZE_RANGE).exp()
+    return torch.cat([xy, codes[..., 2:3], sizes, yaw, codes[..., 8:]], dim=-1)
 
 
 class TaskTargets(NamedTuple):
