@@ -15,7 +15,7 @@ NUSCENES_GROUPS = (("car",), ("truck", "construction_vehicle"), ("bus", "trailer
                    ("motorcycle", "bicycle"), ("pedestrian", "traffic_cone"))
 RANGE = (-8.0, -8.0, -3.0, 8.0, 8.0, 3.0)
 VOXEL = (0.25, 0.25, 0.2)  # stride 2 -> 0.5 m cells, 32 x 32 map
-NUSCENES_LOSS = LossConfig(code_weights=(1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.2, 0.2, 1.0, 1.0))
+NUSCENES_LOSS = LossConfig(code_weights=(1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.2, 0.2))
 
 
 def _head(**config):
@@ -109,7 +109,7 @@ def _perfect_prediction(target, shift_channel=None):
 
 
 def test_center_loss_applies_loss_and_code_weights():
-    config = LossConfig()
+    config = LossConfig(code_weights=(1.0,) * 7 + (0.2,))  # down-weight sin to see the weight applied
     target = _one_box_targets(8)
     perfect = center_loss([_perfect_prediction(target)], [target], config)
     assert perfect.location.item() == 0 and perfect.per_code.abs().sum() == 0

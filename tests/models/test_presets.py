@@ -42,7 +42,7 @@ def test_nuscenes_heads_velocity_and_weights():
     assert [len(task.heatmap[-1].bias) for task in detector.head.tasks] == [1, 2, 2, 1, 2, 2]
     config = detector.config
     assert config.point_columns == ("x", "y", "z", "intensity", "time_lag")
-    assert config.head.with_velocity and config.head.loss.code_weights == (1, 1, 1, 1, 1, 1, 0.2, 0.2, 1, 1)
+    assert config.head.with_velocity and config.head.loss.code_weights == (1, 1, 1, 1, 1, 1, 1, 1, 0.2, 0.2)
     assert detector.voxelizer.grid_size == (1024, 1024, 40) and detector.feature_stride == 8
     kitti = build_detector("cp-voxel", "kitti")
     assert not kitti.config.head.with_velocity and kitti.voxelizer.grid_size == (1408, 1600, 40)

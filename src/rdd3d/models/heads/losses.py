@@ -14,13 +14,13 @@ from rdd3d.models.heads.targets import TaskTargets
 
 @dataclass(frozen=True)
 class LossConfig:
-    """OpenPCDet's CenterPoint nuScenes weights. ``code_weights`` follow the box code
-    (offset x, y, z, log dx, dy, dz, cos, sin[, vx, vy]) with one value per code: the default fits a
-    head without velocity; nuScenes' (with velocity) is (1, 1, 1, 1, 1, 1, 0.2, 0.2, 1, 1)."""
+    """CenterPoint's weights. ``code_weights`` follow the box code (offset x, y, z, log dx, dy, dz,
+    cos, sin[, vx, vy]) with one value per code: the default fits a head without velocity; CenterPoint's
+    nuScenes head (with velocity) down-weights only the velocity: (1, 1, 1, 1, 1, 1, 1, 1, 0.2, 0.2)."""
 
     cls_weight: float = 1.0
     loc_weight: float = 0.25
-    code_weights: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.2, 0.2)
+    code_weights: tuple[float, ...] = (1.0,) * 8
 
     def check_code_size(self, code_size: int) -> None:
         if len(self.code_weights) != code_size:
