@@ -67,8 +67,7 @@ def test_train_resume_and_evaluate_checkpoint(tmp_path, capsys):
     assert main(["train", "--set", f"output_dir={out}", *TINY_RUN]) == 0
     assert (out / "config.yaml").is_file() and (out / "best.pt").is_file()
     first = read_log(out / "log.jsonl", "train")
-    # One more epoch on top of the finished run: the schedule is fixed by trainer.epochs, so resuming
-    # with a larger value is refused only if the scheduler cannot extend; here we re-run the same length.
+    # Resuming a finished run has nothing left to train.
     assert main(["train", "--set", f"output_dir={out}", *TINY_RUN, "--resume"]) == 0
     assert read_log(out / "log.jsonl", "train") == first  # nothing left to do: the log is unchanged
     assert main(["eval", "--checkpoint", str(out / "best.pt"), "--frames", "2", "--device", "cpu",

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from rdd3d.data.collate import DetectionBatch
+from rdd3d.models.heads.targets import BEVGrid
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,10 @@ class BEVGeometry:
     def cell_size(self) -> tuple[float, float]:
         return self.voxel_size[0] * self.feature_stride, self.voxel_size[1] * self.feature_stride
 
+    def grid(self, map_size: tuple[int, int]) -> BEVGrid:
+        """The head's view of an ``(H, W)`` map lying here (for Gaussian areas and box cells)."""
+        return BEVGrid.from_voxels(self.point_cloud_range, self.voxel_size, self.feature_stride, map_size)
+
     def metric_to_cells(self, xy: Tensor) -> Tensor:
         """``(..., 2)`` metric x, y -> continuous map coordinates (column, row); cell centres at +0.5."""
         origin = xy.new_tensor(self.point_cloud_range[:2])
@@ -48,6 +53,13 @@ class ModelView:
     taps: dict[str, Any]
     geometry: BEVGeometry
     _decoded: list | None = field(default=None, repr=False)
+
+    def tap(self, name: str, reader: str) -> Any:
+        """The recorded output of tap ``name``; ``reader`` (the method asking) is named in the error."""
+        if name not in self.taps:
+            raise ValueError(f"{reader}: needs the tap '{name}' of {type(self.model).__name__}, which records only "
+                             f"{sorted(self.taps)}; declare it in the distiller's taps (see docs/distillation.md)")
+        return self.taps[name]
 
     def detections(self) -> list:
         """The model's decoded detections of this step (computed once, without gradient)."""

@@ -25,10 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from rdd3d.distill.base import DistillLoss, DistillStep, ModelView, adapter
+from rdd3d.distill.base import DistillLoss, DistillStep, adapter
 from rdd3d.distill.proposals import Proposals, select_proposals
 from rdd3d.distill.regions import area_mean, gather_area, gaussian_areas, pool_boxes, resample_to
-from rdd3d.models.heads.targets import BEVGrid
 
 SELECTIONS = ("threshold", "topk_ratio", "soft", "all")
 FEATURE_DISTANCES = ("mse", "l2")
@@ -112,13 +111,6 @@ def selection_weights(normalised: Tensor, config: RDDConfig) -> Tensor:
     return torch.ones_like(normalised)
 
 
-def _tap(view: ModelView, name: str, role: str) -> Any:
-    if name not in view.taps:
-        raise ValueError(f"RDD reads the {role}'s tap '{name}', but its taps are {sorted(view.taps)}; "
-                         f"declare it in the distiller's taps (see docs/distillation.md)")
-    return view.taps[name]
-
-
 def _heatmaps(record: Any) -> list[Tensor]:
     """A head tap as class-logit maps (B, C, H, W): one tensor, or a sequence of tensors or of objects
     with a ``heatmap`` field (CenterPoint's TaskPrediction, one per class group)."""
@@ -150,10 +142,12 @@ class RDDLoss(DistillLoss):
     def forward(self, step: DistillStep) -> dict[str, Tensor]:
         proposals, num_teacher = self._proposals(step)
         teacher, student = self._patches(step, proposals, detach_student=not self.config.use_feature)
-        pairs = self._pairs(proposals, num_teacher, teacher, student)
+        distance = self._distance(student, teacher)  # (P,)
+        disparity = distance.detach() if self.config.feature_distance == "mse" else None
+        pairs = self._pairs(proposals, num_teacher, teacher, student, disparity)
         self.last_pairs = pairs
         count = max(proposals.num_boxes, 1)  # M + N; with no pair every term is an empty sum, 0
-        feature = (pairs.weights * self._distance(student, teacher)).sum() / count
+        feature = (pairs.weights * distance).sum() / count
         terms = {"rdd/feature" if self.config.use_feature else "rdd/adapter": self.config.alpha_feature * feature}
         if self.config.use_logit:
             logit = (pairs.weights * self._logit_disagreement(step, proposals)).sum() / count
@@ -178,8 +172,8 @@ class RDDLoss(DistillLoss):
 
     def _patches(self, step: DistillStep, proposals: Proposals, detach_student: bool) -> tuple[Tensor, Tensor]:
         """Channel-softmax-normalised pooled patches of both maps at every proposal: (P, C_T, g, g) each."""
-        teacher_map = _tap(step.teacher, "bev", "teacher")  # (B, C_T, H_T, W_T)
-        student_map = _tap(step.student, "bev", "student")  # (B, C_S, H_S, W_S)
+        teacher_map = step.teacher.tap("bev", "RDD")  # (B, C_T, H_T, W_T)
+        student_map = step.student.tap("bev", "RDD")  # (B, C_S, H_S, W_S)
         for role, feature_map, channels in (("teacher", teacher_map, self.teacher_channels),
                                             ("student", student_map, self.student_channels)):
             if feature_map.ndim != 4 or feature_map.shape[1] != channels:
@@ -192,8 +186,11 @@ class RDDLoss(DistillLoss):
         tau = self.config.tau
         return F.softmax(teacher / tau, dim=1), F.softmax(student / tau, dim=1)
 
-    def _pairs(self, proposals: Proposals, num_teacher: int, teacher: Tensor, student: Tensor) -> RegionPairs:
-        disparity = _mean_squared_distance(student.detach(), teacher.detach())
+    def _pairs(self, proposals: Proposals, num_teacher: int, teacher: Tensor, student: Tensor,
+               disparity: Tensor | None = None) -> RegionPairs:
+        """``disparity``: d_i when the caller already has it (the detached mse distance)."""
+        if disparity is None:
+            disparity = _mean_squared_distance(student.detach(), teacher.detach())
         normalised = normalise_disparity(disparity)
         return RegionPairs(proposals, num_teacher, disparity, normalised, selection_weights(normalised, self.config))
 
@@ -206,15 +203,15 @@ class RDDLoss(DistillLoss):
     def _logit_disagreement(self, step: DistillStep, proposals: Proposals) -> Tensor:
         """Per-pair mean L1 of the sigmoid heatmaps inside each proposal's Gaussian area on the
         teacher's grid, mean over heads -> (P,); 0 for a proposal centred off the teacher's map."""
-        teacher_maps = _heatmaps(_tap(step.teacher, "head", "teacher"))
-        student_maps = _heatmaps(_tap(step.student, "head", "student"))
+        teacher_maps = _heatmaps(step.teacher.tap("head", "RDD"))
+        student_maps = _heatmaps(step.student.tap("head", "RDD"))
         if [m.shape[1] for m in teacher_maps] != [m.shape[1] for m in student_maps]:
             raise ValueError(f"RDD: teacher and student heads must predict the same classes per head, got "
                              f"{[m.shape[1] for m in teacher_maps]} and {[m.shape[1] for m in student_maps]} channels")
         map_size = tuple(teacher_maps[0].shape[-2:])
         geometry = step.teacher.geometry
-        grid = BEVGrid.from_voxels(geometry.point_cloud_range, geometry.voxel_size, geometry.feature_stride, map_size)
-        area = gaussian_areas(proposals.boxes, grid, self.config.gaussian_overlap, self.config.min_radius)
+        area = gaussian_areas(proposals.boxes, geometry.grid(map_size), self.config.gaussian_overlap,
+                              self.config.min_radius)
         per_head = []
         for teacher_map, student_map in zip(teacher_maps, student_maps):
             student_probs = resample_to(student_map.sigmoid(), step.student.geometry, geometry, map_size)

@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rdd3d.distill.base import BEVGeometry, DistillLoss, DistillStep, ModelView, adapter
+from rdd3d.distill.base import BEVGeometry, DistillLoss, DistillStep, adapter
 from rdd3d.distill.regions import gaussian_areas, resample_to
-from rdd3d.models.heads import BEVGrid, TaskPrediction
+from rdd3d.models.heads import TaskPrediction
 
 #: Tap names the baselines read (:data:`rdd3d.distill.taps.CENTERPOINT_TAPS` declares both).
 FEATURE_TAP = "bev"  # (B, C, H, W) BEV neck map
@@ -31,13 +31,6 @@ class AdapterLoss(DistillLoss):
         super().__init__()
         self.config = config
         self.adapter = adapter(student_channels, teacher_channels)
-
-
-def read_tap(view: ModelView, name: str, method: str):
-    if name not in view.taps:
-        raise ValueError(f"{method}: needs the tap '{name}' of {type(view.model).__name__}, which records only "
-                         f"{sorted(view.taps)}; declare it in the distiller's taps (see CENTERPOINT_TAPS)")
-    return view.taps[name]
 
 
 def check_at_least(config, minimum: float, *names: str) -> None:
@@ -60,15 +53,15 @@ def on_teacher_grid(student_map: Tensor, step: DistillStep, size: tuple[int, int
 def adapted_features(step: DistillStep, psi: nn.Module, method: str) -> tuple[Tensor, Tensor]:
     """ψ(student neck) on the teacher's grid and the (detached) teacher neck, both (B, C_T, H, W).
     ψ runs on the student's own map (its BatchNorm sees the student's cells), then the result is resampled."""
-    teacher = read_tap(step.teacher, FEATURE_TAP, method).detach()
-    student = psi(read_tap(step.student, FEATURE_TAP, method))  # (B, C_T, h, w)
+    teacher = step.teacher.tap(FEATURE_TAP, method).detach()
+    student = psi(step.student.tap(FEATURE_TAP, method))  # (B, C_T, h, w)
     return on_teacher_grid(student, step, map_size(teacher)), teacher
 
 
 def task_predictions(step: DistillStep, method: str) -> tuple[Sequence[TaskPrediction], Sequence[TaskPrediction]]:
     """The (student, teacher) head outputs; both heads must predict the same classes in the same tasks."""
-    student = read_tap(step.student, HEAD_TAP, method)
-    teacher = read_tap(step.teacher, HEAD_TAP, method)
+    student = step.student.tap(HEAD_TAP, method)
+    teacher = step.teacher.tap(HEAD_TAP, method)
     student_classes = [task.heatmap.shape[1] for task in student]
     teacher_classes = [task.heatmap.shape[1] for task in teacher]
     if student_classes != teacher_classes:
@@ -95,10 +88,6 @@ def binary_kl_with_logits(teacher_logits: Tensor, student_logits: Tensor) -> Ten
             + (1 - p) * (F.logsigmoid(-teacher_logits) - F.logsigmoid(-student_logits)))
 
 
-def bev_grid(geometry: BEVGeometry, size: tuple[int, int]) -> BEVGrid:
-    return BEVGrid.from_voxels(geometry.point_cloud_range, geometry.voxel_size, geometry.feature_stride, size)
-
-
 def area_mask(
     boxes: Tensor, batch_index: Tensor, batch_size: int, geometry: BEVGeometry, size: tuple[int, int],
     gaussian_overlap: float, min_radius: int,
@@ -108,7 +97,7 @@ def area_mask(
     height, width = size
     mask = torch.zeros(batch_size * height * width, dtype=torch.bool, device=boxes.device)
     if boxes.shape[0]:
-        area = gaussian_areas(boxes, bev_grid(geometry, size), gaussian_overlap, min_radius)
+        area = gaussian_areas(boxes, geometry.grid(size), gaussian_overlap, min_radius)
         keep = area.on_map[area.owner]  # (A,) cells of boxes centred on the map
         flat = batch_index[area.owner] * (height * width) + area.flat_index
         mask[flat[keep]] = True

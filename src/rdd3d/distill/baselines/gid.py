@@ -40,7 +40,6 @@ from rdd3d.distill.baselines.common import (
     heatmap_logits,
     keep_in_graph,
     map_size,
-    read_tap,
     task_predictions,
 )
 from rdd3d.distill.proposals import Proposals, select_proposals
@@ -51,7 +50,7 @@ from rdd3d.models.heads import Detections
 def class_probabilities_at(view: ModelView, xy: Tensor, batch_index: Tensor, method: str) -> Tensor:
     """Every class's probability (tasks concatenated) at the cell holding each metric point ``xy`` (K, 2)
     of sample ``batch_index`` (K,) on the model's own map -> (K, C_all), no gradient."""
-    heads = read_tap(view, HEAD_TAP, method)
+    heads = view.tap(HEAD_TAP, method)
     probabilities = torch.cat([task.heatmap.detach() for task in heads], dim=1).sigmoid()  # (B, C_all, H, W)
     height, width = map_size(probabilities)
     cells = view.geometry.metric_to_cells(xy).floor().long()  # (K, 2) column, row
@@ -146,8 +145,8 @@ class GIDFeatureLoss(AdapterLoss):
     def forward(self, step: DistillStep) -> dict[str, Tensor]:
         config = self.config
         instances = select_general_instances(step, config.max_instances, config.nms_iou, "gid-f")
-        teacher_map = read_tap(step.teacher, FEATURE_TAP, "gid-f").detach()  # (B, C_T, H, W)
-        student_map = read_tap(step.student, FEATURE_TAP, "gid-f")  # (B, C_S, h, w)
+        teacher_map = step.teacher.tap(FEATURE_TAP, "gid-f").detach()  # (B, C_T, H, W)
+        student_map = step.student.tap(FEATURE_TAP, "gid-f")  # (B, C_S, h, w)
         adapted_map = self.adapter(student_map)  # (B, C_T, h, w)
         if instances.num_boxes == 0:
             zero = keep_in_graph(adapted_map)

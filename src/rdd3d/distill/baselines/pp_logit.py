@@ -30,7 +30,6 @@ from rdd3d.distill.baselines.common import (
     check_at_least,
     map_size,
     on_teacher_grid,
-    read_tap,
     task_predictions,
 )
 from rdd3d.models.heads import TaskTargets, clamped_sigmoid, gather_cells, masked_l1
@@ -71,7 +70,7 @@ def teacher_grid_targets(step: DistillStep) -> list[TaskTargets]:
     if not hasattr(head, "targets"):
         raise ValueError(f"pp-logit: the teacher {type(step.teacher.model).__name__} needs a 'head' with "
                          f"targets(map_size, gt_boxes, gt_labels) (CenterPoint's CenterHead) for its foreground mask")
-    size = map_size(read_tap(step.teacher, HEAD_TAP, "pp-logit")[0].heatmap)
+    size = map_size(step.teacher.tap(HEAD_TAP, "pp-logit")[0].heatmap)
     return head.targets(size, step.batch.gt_boxes, step.batch.gt_labels)
 
 
