@@ -141,6 +141,9 @@ def test_logit_loss_sees_exactly_the_gaussian_area_of_each_proposal():
     change = (torch.sigmoid(torch.tensor(10.0)) - heatmap[0, 1, 17, 17].sigmoid()).abs()
     # α2 · |Δ| / (cells · classes), one pair
     assert logit_term(inside) == pytest.approx(0.2 * change.item() / (13 * 2), rel=1e-5)
+    loss = _rdd(selection="all", logit_norm="l1")  # the literal L1 norm: the sum over cells and classes
+    assert logit_term(outside) == 0.0
+    assert logit_term(inside) == pytest.approx(0.2 * change.item(), rel=1e-5)
 
 
 def test_logit_loss_resamples_a_student_heatmap_of_another_resolution_onto_the_teachers_grid():
@@ -179,6 +182,16 @@ def test_feature_term_weighs_each_pair_by_its_selection():
     # The literal norm over a whole 7 x 7 patch is sqrt(49 · d_i).
     l2 = _rdd(feature_distance="l2", selection="all")
     torch.testing.assert_close(l2(step)["rdd/feature"], 0.2 * (7 * l2.last_pairs.disparity.sqrt()).sum() / 5)
+    # τ²·KL(R̂^T || R̂^S) per grid position, computed independently from the pooled maps' softmax.
+    kl = _rdd(feature_distance="kl", selection="all")
+    term = kl(step)["rdd/feature"]
+    teacher_patches, student_patches = (p.exp() for p in kl._patches(step, kl.last_pairs.proposals, True))
+    per_pair = torch.stack([
+        torch.nn.functional.kl_div(s.log().permute(1, 2, 0).reshape(-1, 4), t.permute(1, 2, 0).reshape(-1, 4),
+                                   reduction="batchmean")
+        for s, t in zip(student_patches, teacher_patches)])
+    torch.testing.assert_close(term, 0.2 * 16 * per_pair.sum() / 5)
+    assert term > 0
 
 
 def test_no_proposals_give_zero_terms_still_connected_to_the_adapter_and_student():
@@ -233,6 +246,8 @@ def test_student_equal_to_teacher_gives_zero_rdd_terms(batch):
     terms = distiller(batch)
     assert loss.last_pairs.proposals.num_boxes > 0
     assert terms["rdd/feature"].item() == 0.0 and terms["rdd/logit"].item() == 0.0
+    loss.config = dataclasses.replace(loss.config, feature_distance="kl")
+    assert distiller(batch)["rdd/feature"].abs().item() < 1e-6
 
 
 def test_gradients_reach_student_and_adapter_never_teacher_across_resolutions(batch):

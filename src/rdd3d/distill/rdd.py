@@ -27,10 +27,11 @@ from torch import Tensor
 
 from rdd3d.distill.base import DistillLoss, DistillStep, adapter
 from rdd3d.distill.proposals import Proposals, select_proposals
-from rdd3d.distill.regions import area_mean, gather_area, gaussian_areas, pool_boxes, resample_to
+from rdd3d.distill.regions import area_mean, area_sum, gather_area, gaussian_areas, pool_boxes, resample_to
 
 SELECTIONS = ("threshold", "topk_ratio", "soft", "all")
-FEATURE_DISTANCES = ("mse", "l2")
+FEATURE_DISTANCES = ("mse", "l2", "kl")
+LOGIT_NORMS = ("mean", "l1")
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,12 @@ class RDDConfig:
     nms_iou: float = 0.2  # [ours] proposals: class-agnostic rotated BEV NMS per model
     max_proposals: int = 100  # [ours] proposals per model and sample (K)
     grid_size: int = 7  # [ours] pooled samples per box side
-    feature_distance: str = "mse"  # [ours] mse: mean over the grid of the squared difference; l2: patch norm
+    # [ours] mse: squared difference summed over channels, mean over the grid; l2: the patch's norm;
+    # kl: τ²·KL(R̂^T || R̂^S) summed over channels, mean over the grid (gradient scale free of τ and C)
+    feature_distance: str = "mse"
+    # [ours] mean: mean L1 over the Gaussian area's cells and classes, mean over heads;
+    # l1: the paper's literal L1 norm (sum over cells, classes and heads)
+    logit_norm: str = "mean"
     use_feature: bool = True  # distil the student's BEV map (ablation: logit only)
     use_logit: bool = True  # distil the student's heatmaps (ablation: feature only)
     gaussian_overlap: float = 0.1  # [ours] Gaussian area radius as CenterPoint's targets (min overlap)
@@ -63,6 +69,7 @@ class RDDConfig:
             "max_proposals": (self.max_proposals >= 0, ">= 0"),
             "grid_size": (self.grid_size >= 1, ">= 1"),
             "feature_distance": (self.feature_distance in FEATURE_DISTANCES, f"one of {FEATURE_DISTANCES}"),
+            "logit_norm": (self.logit_norm in LOGIT_NORMS, f"one of {LOGIT_NORMS}"),
             "use_feature": (self.use_feature or self.use_logit, "true when use_logit is false"),
             "gaussian_overlap": (0 < self.gaussian_overlap < 1, "in (0, 1)"),
             "min_radius": (self.min_radius >= 0, ">= 0"),
@@ -144,7 +151,7 @@ class RDDLoss(DistillLoss):
         teacher, student = self._patches(step, proposals, detach_student=not self.config.use_feature)
         distance = self._distance(student, teacher)  # (P,)
         disparity = distance.detach() if self.config.feature_distance == "mse" else None
-        pairs = self._pairs(proposals, num_teacher, teacher, student, disparity)
+        pairs = self._pairs(proposals, num_teacher, teacher.exp(), student.exp(), disparity)
         self.last_pairs = pairs
         count = max(proposals.num_boxes, 1)  # M + N; with no pair every term is an empty sum, 0
         feature = (pairs.weights * distance).sum() / count
@@ -159,7 +166,8 @@ class RDDLoss(DistillLoss):
         """The region pairs of ``step`` and their disparities, without a loss (for reports; put the
         loss in eval mode first so that ψ's BatchNorm uses and keeps its running statistics)."""
         proposals, num_teacher = self._proposals(step)
-        return self._pairs(proposals, num_teacher, *self._patches(step, proposals, detach_student=True))
+        teacher, student = self._patches(step, proposals, detach_student=True)
+        return self._pairs(proposals, num_teacher, teacher.exp(), student.exp())
 
     def _proposals(self, step: DistillStep) -> tuple[Proposals, int]:
         """Bilateral proposals: the teacher's M, then the student's N (from its detached output)."""
@@ -171,7 +179,7 @@ class RDDLoss(DistillLoss):
         return Proposals.cat(*per_model), per_model[0].num_boxes
 
     def _patches(self, step: DistillStep, proposals: Proposals, detach_student: bool) -> tuple[Tensor, Tensor]:
-        """Channel-softmax-normalised pooled patches of both maps at every proposal: (P, C_T, g, g) each."""
+        """Log channel-softmax of the pooled patches of both maps at every proposal: (P, C_T, g, g) each."""
         teacher_map = step.teacher.tap("bev", "RDD")  # (B, C_T, H_T, W_T)
         student_map = step.student.tap("bev", "RDD")  # (B, C_S, H_S, W_S)
         for role, feature_map, channels in (("teacher", teacher_map, self.teacher_channels),
@@ -184,7 +192,7 @@ class RDDLoss(DistillLoss):
         teacher = pool_boxes(teacher_map, step.teacher.geometry, boxes, index, grid)
         student = pool_boxes(adapted, step.student.geometry, boxes, index, grid)
         tau = self.config.tau
-        return F.softmax(teacher / tau, dim=1), F.softmax(student / tau, dim=1)
+        return F.log_softmax(teacher / tau, dim=1), F.log_softmax(student / tau, dim=1)
 
     def _pairs(self, proposals: Proposals, num_teacher: int, teacher: Tensor, student: Tensor,
                disparity: Tensor | None = None) -> RegionPairs:
@@ -195,14 +203,17 @@ class RDDLoss(DistillLoss):
         return RegionPairs(proposals, num_teacher, disparity, normalised, selection_weights(normalised, self.config))
 
     def _distance(self, student: Tensor, teacher: Tensor) -> Tensor:
-        """Per-pair distance of (P, C, g, g) patches -> (P,)."""
+        """Per-pair distance of (P, C, g, g) log-softmax patches -> (P,)."""
+        if self.config.feature_distance == "kl":
+            kl = (teacher.exp() * (teacher - student)).sum(dim=1)  # (P, g, g)
+            return self.config.tau ** 2 * kl.mean(dim=(1, 2))
         if self.config.feature_distance == "mse":
-            return _mean_squared_distance(student, teacher)
-        return (student - teacher).flatten(1).norm(dim=1)
+            return _mean_squared_distance(student.exp(), teacher.exp())
+        return (student.exp() - teacher.exp()).flatten(1).norm(dim=1)
 
     def _logit_disagreement(self, step: DistillStep, proposals: Proposals) -> Tensor:
-        """Per-pair mean L1 of the sigmoid heatmaps inside each proposal's Gaussian area on the
-        teacher's grid, mean over heads -> (P,); 0 for a proposal centred off the teacher's map."""
+        """Per-pair L1 disagreement of the sigmoid heatmaps inside each proposal's Gaussian area on the
+        teacher's grid (mean or sum, ``logit_norm``) -> (P,); 0 for a proposal centred off the teacher's map."""
         teacher_maps = _heatmaps(step.teacher.tap("head", "RDD"))
         student_maps = _heatmaps(step.student.tap("head", "RDD"))
         if [m.shape[1] for m in teacher_maps] != [m.shape[1] for m in student_maps]:
@@ -217,8 +228,11 @@ class RDDLoss(DistillLoss):
             student_probs = resample_to(student_map.sigmoid(), step.student.geometry, geometry, map_size)
             difference = gather_area(student_probs, area, proposals.batch_index) - gather_area(
                 teacher_map.sigmoid(), area, proposals.batch_index)  # (A, C)
-            per_head.append(area_mean(difference.abs(), area))
-        return torch.stack(per_head).mean(dim=0) * area.on_map
+            reduce = area_sum if self.config.logit_norm == "l1" else area_mean
+            per_head.append(reduce(difference.abs(), area))
+        per_head = torch.stack(per_head)
+        combined = per_head.sum(dim=0) if self.config.logit_norm == "l1" else per_head.mean(dim=0)
+        return combined * area.on_map
 
 
 def _mean_squared_distance(student: Tensor, teacher: Tensor) -> Tensor:

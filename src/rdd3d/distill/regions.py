@@ -134,7 +134,11 @@ def gather_area(feature_map: Tensor, area: GaussianArea, batch_index: Tensor) ->
     return cells[batch_index[area.owner] * (height * width) + area.flat_index]
 
 
+def area_sum(values: Tensor, area: GaussianArea) -> Tensor:
+    """``(A, C)`` values at the areas' cells -> ``(K,)`` sum over each box's cells and the channels."""
+    return values.new_zeros(area.count.shape[0]).index_add(0, area.owner, values.sum(dim=1))
+
+
 def area_mean(values: Tensor, area: GaussianArea) -> Tensor:
     """``(A, C)`` values at the areas' cells -> ``(K,)`` mean over each box's cells and the channels."""
-    totals = values.new_zeros(area.count.shape[0]).index_add(0, area.owner, values.sum(dim=1))
-    return totals / (area.count.clamp_min(1) * values.shape[1])
+    return area_sum(values, area) / (area.count.clamp_min(1) * values.shape[1])
