@@ -57,12 +57,19 @@ def _car(size, rng) -> list[Part]:
     length, width, height = size
     wheel = 0.38 * height
     body_bottom, body_top = 0.35 * wheel, height * rng.uniform(0.5, 0.6)
-    cabin_length = length * rng.uniform(0.45, 0.6)
-    cabin_x = -length * rng.uniform(0.0, 0.1)
+    # A lower hood in front of a cabin set back from the middle: real cars' front and back differ,
+    # which is what lets a detector tell a parked car's heading from its opposite.
+    hood_length, hood_top = length * rng.uniform(0.25, 0.32), body_top - rng.uniform(0.1, 0.18)
+    cabin_length = length * rng.uniform(0.45, 0.55)
+    cabin_x = -length * rng.uniform(0.06, 0.14)
     roof = 0.06
     paint = _shade(rng, Material.PAINT)
+    rear_length = length - hood_length
     return [
-        box((0, 0, (body_bottom + body_top) / 2), (length, width, body_top - body_bottom), paint),
+        box((length / 2 - hood_length / 2, 0, (body_bottom + hood_top) / 2),
+            (hood_length, width, hood_top - body_bottom), paint),
+        box((-length / 2 + rear_length / 2, 0, (body_bottom + body_top) / 2),
+            (rear_length, width, body_top - body_bottom), paint),
         box((cabin_x, 0, (body_top + height - roof) / 2), (cabin_length, 0.86 * width, height - roof - body_top),
             _shade(rng, Material.GLASS)),
         box((cabin_x, 0, height - roof / 2), (cabin_length * 0.9, 0.8 * width, roof), paint),
