@@ -179,11 +179,11 @@ def _run_distill(args) -> None:
 # ----------------------------------------------------------------------------- eval
 def _add_eval(commands) -> None:
     parser = commands.add_parser(
-        "eval", help="nuScenes-style mAP/NDS of a results file or of a trained checkpoint",
+        "eval", help="mAP/NDS (nuScenes, synthetic) or KITTI AP of a results file or of a trained checkpoint",
         description="Either score a results JSON in the nuScenes submission format (--results) against a "
                     "ground-truth source (--gt: a nuScenes dataroot read through nuscenes-devkit, a "
                     "ground-truth JSON, or a dataset folder written by `rdd3d simulate`), or evaluate a "
-                    "checkpoint of `rdd3d train` on its synthetic validation split (--checkpoint).",
+                    "checkpoint of `rdd3d train` on its validation split with its dataset's metric (--checkpoint).",
     )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--results", type=Path, help="results JSON in the nuScenes submission format")
@@ -193,7 +193,9 @@ def _add_eval(commands) -> None:
     parser.add_argument("--eval-set", default="val", help="nuScenes split, or the simulate folder's split")
     parser.add_argument("--frames", type=int, default=0, help="with --checkpoint: first N val frames (0 = all)")
     parser.add_argument("--device", default="auto", help="with --checkpoint: auto | cpu | cuda")
-    parser.add_argument("--write-results", type=Path, help="with --checkpoint: also write the submission JSON")
+    parser.add_argument("--write-results", type=Path,
+                        help="with --checkpoint: also write the detections (nuScenes and synthetic: submission JSON; "
+                             "KITTI: a folder of result files)")
     parser.add_argument("--out", type=Path, help="write the metrics as JSON here")
     parser.set_defaults(handler=_run_eval)
 
@@ -229,24 +231,22 @@ def _simulated_ground_truth(root: Path, split: str):
 
 
 def _evaluate_checkpoint(args):
+    from rdd3d.engine.datasets import build_datasets, evaluate, write_predictions
     from rdd3d.engine.detection_task import predict
     from rdd3d.engine.distributed import init_distributed
-    from rdd3d.engine.runs import build_datasets, detector_from_checkpoint
-    from rdd3d.evaluation import nuscenes_io
-    from rdd3d.evaluation.detection_metrics import detections_to_table, evaluate_frames, frame_metric_config
+    from rdd3d.engine.runs import detector_from_checkpoint
 
     context = init_distributed(args.device)
     detector, config = detector_from_checkpoint(args.checkpoint, context.device)
-    _, val_set = build_datasets(config)
+    config.data.cache_in_memory = False  # only the frames scored here are read
+    _, val_set = build_datasets(config.data)
     count = min(args.frames or len(val_set), len(val_set))
     frames = [val_set[i] for i in range(count)]
     detections = predict(detector, frames, context.device, config.eval.batch_size, show_progress=True)
     if args.write_results is not None:
-        metric_config = frame_metric_config(val_set.class_ranges, val_set.classes.names)
-        nuscenes_io.write_results(args.write_results, detections_to_table(frames, detections), metric_config,
-                                  {"use_lidar": True, "checkpoint": str(args.checkpoint)})
-        print(f"wrote {args.write_results}")
-    return evaluate_frames(frames, detections, val_set.class_ranges)
+        written = write_predictions(config.data, val_set, frames, detections, args.write_results)
+        print(f"wrote {written}")
+    return evaluate(val_set, frames, detections)
 
 
 # ----------------------------------------------------------------------------- flops

@@ -63,11 +63,11 @@ def run_demo(output_dir: Path, quick: bool = False, seed: int = 0) -> list[DemoR
         config.distill.teacher_checkpoint = str(runs["teacher"][0])
         runs[name] = (_train(config), STUDENT, method)
 
-    frames, class_ranges = validation_frames(teacher_config)
+    frames, val_set = validation_frames(teacher_config)
     cpu = torch.device("cpu")
     rows = []
     for name, (checkpoint, preset, method) in runs.items():
-        measured = measure_checkpoint(checkpoint, frames, class_ranges, cpu, budget.batch_size)
+        measured = measure_checkpoint(checkpoint, frames, val_set, cpu, budget.batch_size)
         rows.append(DemoRow(name, preset, method, measured.metrics["mAP"], measured.metrics["NDS"],
                             measured.gmacs, measured.params / 1e6, measured.latency_ms))
 

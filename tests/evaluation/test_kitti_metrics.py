@@ -201,7 +201,7 @@ def test_orientation_similarity():
 def test_result_views_and_input_errors():
     gts, dets = one_car_frames(41, 41)
     result = evaluate_kitti(gts, dets, classes=["Car"])
-    flat = result.as_dict()
+    flat = result.to_dict()
     assert flat["Car_3d_moderate_R40"] == pytest.approx(100.0)
     assert flat["Car_image_easy"] == pytest.approx(100.0) and "Car_bev_hard_R40_loose" in flat
     table = result.format_table()

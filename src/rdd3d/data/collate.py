@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from rdd3d.data.gt_sampling import GroundTruthSampler
 from rdd3d.data.transforms import AugmentationConfig, augment, crop_to_range
 from rdd3d.data.types import Frame
 
@@ -55,13 +56,14 @@ def collate_frames(frames: Sequence[Frame]) -> DetectionBatch:
 
 
 class CachedFrames(Sequence[Frame]):
-    """Every frame of ``source`` loaded once, up front (with a progress bar); keeps ``classes`` and
-    ``class_ranges`` of the source."""
+    """Every frame of ``source`` loaded once, up front (with a progress bar); keeps ``classes``,
+    ``class_ranges`` and ``evaluation`` (which metric scores it) of the source."""
 
     def __init__(self, source, name: str = "frames") -> None:
         self.frames = [source[i] for i in tqdm(range(len(source)), desc=f"loading {name}", leave=False)]
         self.classes = source.classes
         self.class_ranges = source.class_ranges
+        self.evaluation = source.evaluation
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -83,10 +85,12 @@ class TrainingFrames(Dataset):
         point_cloud_range: Sequence[float],
         augmentation: AugmentationConfig | None = None,
         seed: int = 0,
+        gt_sampler: GroundTruthSampler | None = None,
     ) -> None:
         self.frames = frames
         self.point_cloud_range = list(point_cloud_range)
         self.augmentation = augmentation
+        self.gt_sampler = gt_sampler
         self.seed = seed
         self.epoch = 0
 
@@ -99,5 +103,8 @@ class TrainingFrames(Dataset):
     def __getitem__(self, index: int) -> Frame:
         frame = self.frames[index]
         if self.augmentation is not None:
-            frame = augment(frame, self.augmentation, np.random.default_rng([self.seed, self.epoch, index]))
+            rng = np.random.default_rng([self.seed, self.epoch, index])
+            if self.gt_sampler is not None:  # pasted objects then move with the global augmentation
+                frame = self.gt_sampler.sample(frame, rng)
+            frame = augment(frame, self.augmentation, rng)
         return crop_to_range(frame, self.point_cloud_range)

@@ -7,11 +7,12 @@ Randomness comes from an explicit ``np.random.Generator`` so that a run is repro
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
 
+from rdd3d.data.gt_sampling import GTSamplingConfig
 from rdd3d.data.types import Frame
 
 
@@ -91,7 +92,9 @@ def scale(frame: Frame, factor: float) -> Frame:
 
 @dataclass
 class AugmentationConfig:
-    """Global augmentation as CenterPoint trains it on nuScenes."""
+    """Ground-truth sampling (off by default), then global augmentation as CenterPoint trains it on nuScenes."""
+
+    gt_sampling: GTSamplingConfig = field(default_factory=GTSamplingConfig)
 
     flip_x: bool = True
     flip_y: bool = True

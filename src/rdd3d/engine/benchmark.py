@@ -21,7 +21,7 @@ import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Mapping, NamedTuple, Sequence
+from typing import Any, Callable, Iterator, Mapping, NamedTuple, Sequence
 
 import torch
 from torch import nn
@@ -31,14 +31,14 @@ from rdd3d.distill.methods import METHODS
 from rdd3d.engine.checkpoint import load_checkpoint
 from rdd3d.engine.config import RunConfig, load_run_config
 from rdd3d.engine.config_loading import ConfigError, build_config
-from rdd3d.engine.detection_task import predict, summary_metrics
+from rdd3d.engine.datasets import build_datasets, evaluate, summary_metrics
+from rdd3d.engine.detection_task import predict
 from rdd3d.engine.distributed import init_distributed
 from rdd3d.engine.run_logging import read_log
 from rdd3d.engine.runs import (
-    build_datasets, detector_from_checkpoint, distill_student, plain_config, train_detector,
+    detector_from_checkpoint, distill_student, plain_config, train_detector,
 )
 from rdd3d.engine.trainer import Trainer
-from rdd3d.evaluation.detection_metrics import evaluate_frames
 from rdd3d.fileio import write_bytes, write_json
 from rdd3d.models.complexity import count_macs, count_parameters
 from rdd3d.models.presets import list_presets
@@ -243,12 +243,13 @@ class Measurement(NamedTuple):
     latency_ms: float
 
 
-def measure_checkpoint(checkpoint: str | Path, frames: Sequence[Frame], class_ranges: Mapping[str, float],
+def measure_checkpoint(checkpoint: str | Path, frames: Sequence[Frame], dataset,
                        device: torch.device, batch_size: int = 4, latency_frames: int = 2,
                        latency_repeats: int = 3) -> Measurement:
-    """Accuracy of a checkpoint's detector on ``frames`` (on ``device``), then its size, MACs and CPU latency."""
+    """Accuracy of a checkpoint's detector on ``frames`` of ``dataset`` (on ``device``), then its size,
+    MACs and CPU latency."""
     detector, _ = detector_from_checkpoint(checkpoint, device)
-    metrics = summary_metrics(evaluate_frames(frames, predict(detector, frames, device, batch_size), class_ranges))
+    metrics = summary_metrics(dataset, evaluate(dataset, frames, predict(detector, frames, device, batch_size)))
     detector.cpu()
     points = [torch.from_numpy(frames[0].points.points)]
     macs = count_macs(detector, points).macs
@@ -281,14 +282,14 @@ def training_ms_per_frame(log_path: str | Path) -> float | None:
     return 1000 / statistics.median(per_epoch.values()) if per_epoch else None
 
 
-def validation_frames(config: RunConfig) -> tuple[list[Frame], Mapping[str, float]]:
-    """The validation frames every run is scored on (``eval.max_frames`` of them), read lazily."""
+def validation_frames(config: RunConfig) -> tuple[list[Frame], Any]:
+    """The validation frames every run is scored on (``eval.max_frames`` of them, read lazily) and their dataset."""
     lazy = dataclasses.replace(config, data=dataclasses.replace(config.data, cache_in_memory=False))
-    _, val_set = build_datasets(lazy)
+    _, val_set = build_datasets(lazy.data)
     count = min(config.eval.max_frames or len(val_set), len(val_set))
     if count == 0:
         raise ValueError("the benchmark needs validation frames: data.val_size is 0")
-    return [val_set[i] for i in range(count)], val_set.class_ranges
+    return [val_set[i] for i in range(count)], val_set
 
 
 # ----------------------------------------------------------------------------- the benchmark
@@ -315,7 +316,7 @@ def run_benchmark(plan: BenchmarkPlan, out_dir: str | Path, progress: Callable[[
     out_dir = Path(out_dir)
     runs = plan_runs(plan, out_dir)
     shared = load_run_config((), plan.overrides)
-    frames, class_ranges = validation_frames(shared)
+    frames, val_set = validation_frames(shared)
     device = init_distributed(shared.device).device
     measured: dict[Path, RunResult] = {}  # by checkpoint: a teacher shared by pairs is measured once
     results = []
@@ -324,7 +325,7 @@ def run_benchmark(plan: BenchmarkPlan, out_dir: str | Path, progress: Callable[[
         given = run.row == TEACHER_ROW and bool(run.pair.teacher_checkpoint)
         trained = _given_teacher(run.pair) if given else train_or_reuse(run.config)
         if trained.checkpoint not in measured:
-            measurement = measure_checkpoint(trained.checkpoint, frames, class_ranges, device,
+            measurement = measure_checkpoint(trained.checkpoint, frames, val_set, device,
                                              shared.eval.batch_size, plan.latency_frames, plan.latency_repeats)
             measured[trained.checkpoint] = RunResult(
                 run.pair.name, run.row, run.method, run.config.model.preset, run.seed, str(trained.checkpoint),

@@ -18,14 +18,41 @@ from rdd3d.engine.trainer import OptimConfig, TrainerConfig
 
 
 @dataclass
+class NuScenesDataConfig:
+    """``data.dataset: nuscenes``: info files of `rdd3d nuscenes-infos` (or mmdetection3d's ``.pkl``)."""
+
+    train_info: str = ""  # e.g. data/nuscenes/nuscenes_infos_train.json
+    val_info: str = ""
+    max_sweeps: int = 10  # LiDAR sweeps merged per frame, the keyframe included (CenterPoint)
+    use_cbgs: bool = True  # class-balanced grouping and sampling of the training samples
+    load_interval: int = 1  # keep every k-th training sample
+
+
+@dataclass
+class KittiDataConfig:
+    """``data.dataset: kitti``: the standard layout (training/velodyne, label_2, calib, ImageSets)."""
+
+    train_split: str = "train"  # ImageSets/<split>.txt
+    val_split: str = "val"
+    fov_only: bool = True  # keep the points seen by camera 2, as KITTI is labelled
+
+
+@dataclass
 class DataConfig:
-    dataset: str = "synthetic"  # the synthetic world
-    root: str = ""  # a folder written by `rdd3d simulate`; empty: generate frames on the fly
-    cache_in_memory: bool = True  # generate/read every frame once, before training
+    dataset: str = "synthetic"  # synthetic | nuscenes | kitti
+    # synthetic: a folder written by `rdd3d simulate` (empty: generate frames on the fly);
+    # nuscenes: the dataroot; kitti: the folder holding training/ and ImageSets/
+    root: str = ""
+    # kitti: a sample whose LiDAR, calib or label file is absent: error | skip (nuScenes decides this when
+    # its infos are built: `rdd3d nuscenes-infos --on-missing`)
+    on_missing: str = "error"
+    cache_in_memory: bool = True  # read every frame once, before training (off for real datasets)
     train_size: int = 600  # frames per epoch (on-the-fly generation only)
     val_size: int = 100
     seed: int = 0  # the world's seed (which scenes); not the training seed
     world: WorldConfig = field(default_factory=WorldConfig)
+    nuscenes: NuScenesDataConfig = field(default_factory=NuScenesDataConfig)
+    kitti: KittiDataConfig = field(default_factory=KittiDataConfig)
     augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
 
 

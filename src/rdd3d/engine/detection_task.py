@@ -2,12 +2,12 @@
 
 :class:`DetectorTraining` is the trainee for teacher (or no-KD student) training;
 :func:`evaluate_detector` runs a detector over validation frames on every rank and scores the
-gathered detections on rank 0 with the nuScenes-style metric.
+gathered detections on rank 0 with the dataset's metric.
 """
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -16,8 +16,7 @@ from tqdm import tqdm
 from rdd3d.data.collate import DetectionBatch, collate_frames
 from rdd3d.data.types import Frame
 from rdd3d.engine.distributed import DistributedContext, gather_objects
-from rdd3d.evaluation.detection_metrics import evaluate_frames
-from rdd3d.evaluation.nuscenes_metrics import NuScenesMetrics
+from rdd3d.engine.datasets import evaluate, summary_metrics
 
 
 def detection_loss_terms(detector: nn.Module, output, batch: DetectionBatch) -> dict[str, Tensor]:
@@ -53,11 +52,12 @@ def predict(detector: nn.Module, frames: Sequence[Frame], device: torch.device, 
     return detections
 
 
-def evaluate_detector(detector: nn.Module, frames: Sequence[Frame], class_ranges: Mapping[str, float],
-                      context: DistributedContext, batch_size: int = 4) -> NuScenesMetrics | None:
-    """Score ``detector`` on ``frames``: each rank predicts its share, rank 0 computes the metric.
+def evaluate_detector(detector: nn.Module, frames: Sequence[Frame], dataset, context: DistributedContext,
+                      batch_size: int = 4) -> dict[str, float] | None:
+    """Score ``detector`` on ``frames`` of ``dataset`` with its metric: each rank predicts its share,
+    rank 0 computes the metric's summary (``rdd3d.engine.datasets.summary_metrics``).
 
-    Returns the metrics on rank 0 and ``None`` on the other ranks.
+    Returns the summary on rank 0 and ``None`` on the other ranks.
     """
     share = list(range(context.rank, len(frames), context.world_size))
     local = predict(detector, [frames[i] for i in share], context.device, batch_size, context.is_main)
@@ -65,12 +65,5 @@ def evaluate_detector(detector: nn.Module, frames: Sequence[Frame], class_ranges
     if not context.is_main:
         return None
     by_index = dict(pair for rank_pairs in gathered for pair in rank_pairs)
-    return evaluate_frames(list(frames), [by_index[i] for i in range(len(frames))], class_ranges)
-
-
-def summary_metrics(metrics: NuScenesMetrics) -> dict[str, float]:
-    """The scalars logged after an evaluation: mAP, NDS, TP errors and per-class AP."""
-    values = {"mAP": metrics.mean_ap, "NDS": metrics.nd_score}
-    values.update({f"err/{name}": value for name, value in metrics.tp_errors.items()})
-    values.update({f"AP/{name}": value for name, value in metrics.mean_dist_aps.items()})
-    return values
+    detections = [by_index[i] for i in range(len(frames))]
+    return summary_metrics(dataset, evaluate(dataset, list(frames), detections))

@@ -12,15 +12,15 @@ from typing import Callable
 from omegaconf import OmegaConf
 from torch import nn
 
-from rdd3d.data.collate import CachedFrames, TrainingFrames
-from rdd3d.data.synthetic import SyntheticDataset
-from rdd3d.data.synthetic.disk import DiskDataset
+from rdd3d.data.collate import TrainingFrames
+from rdd3d.data.gt_sampling import GroundTruthSampler
 from rdd3d.distill.distiller import Distiller
 from rdd3d.distill.methods import build_method
 from rdd3d.engine.checkpoint import CheckpointError, load_checkpoint, load_model_state
 from rdd3d.engine.config import RunConfig
 from rdd3d.engine.config_loading import config_from_dict, save_config
-from rdd3d.engine.detection_task import DetectorTraining, evaluate_detector, summary_metrics
+from rdd3d.engine.datasets import build_datasets
+from rdd3d.engine.detection_task import DetectorTraining, evaluate_detector
 from rdd3d.engine.distributed import (
     DistributedContext, broadcast_from_main, init_distributed, shutdown_distributed,
 )
@@ -28,24 +28,8 @@ from rdd3d.engine.trainer import Trainer, TrainingResult, seed_everything
 from rdd3d.models.init_from_teacher import init_student_from_teacher
 from rdd3d.models.presets import build_detector
 
-SUPPORTED_DATASETS = ("synthetic",)
 #: Where the trained detector's weights sit inside each kind of trainee's state dict.
 DETECTOR_PREFIXES = ("detector.", "student.")
-
-
-def build_datasets(config: RunConfig):
-    """Train and val splits: generated on the fly, or read from a `rdd3d simulate` folder."""
-    data = config.data
-    if data.dataset not in SUPPORTED_DATASETS:
-        raise ValueError(f"data.dataset={data.dataset!r}: expected one of {SUPPORTED_DATASETS}")
-    if data.root:
-        train, val = DiskDataset(data.root, "train"), DiskDataset(data.root, "val")
-    else:
-        train = SyntheticDataset("train", data.train_size, seed=data.seed, config=data.world)
-        val = SyntheticDataset("val", data.val_size, seed=data.seed, config=data.world)
-    if data.cache_in_memory:
-        train, val = CachedFrames(train, "train"), CachedFrames(val, "val")
-    return train, val
 
 
 def build_model(config: RunConfig) -> nn.Module:
@@ -82,18 +66,18 @@ def _run(config: RunConfig, resume: str | None, make_trainee: Callable[[Distribu
     context = init_distributed(config.device)
     try:
         seed_everything(config.trainer.seed, config.trainer.deterministic)
-        train_set, val_set = build_datasets(config)
+        train_set, val_set = build_datasets(config.data)
         trainee = make_trainee(context)
         detector = _trained_detector(trainee)
         frames = TrainingFrames(train_set, detector.point_cloud_range, config.data.augmentation,
-                                seed=config.trainer.seed)
+                                seed=config.trainer.seed, gt_sampler=_gt_sampler(config, train_set, detector))
         max_frames = config.eval.max_frames or len(val_set)
         val_frames = [val_set[i] for i in range(min(max_frames, len(val_set)))]
 
         def evaluate(trainee, context):
-            metrics = evaluate_detector(_trained_detector(trainee), val_frames, val_set.class_ranges, context,
+            summary = evaluate_detector(_trained_detector(trainee), val_frames, val_set, context,
                                         config.eval.batch_size)
-            return broadcast_from_main(summary_metrics(metrics) if metrics is not None else None, context)
+            return broadcast_from_main(summary, context)
 
         output_dir = Path(config.output_dir)
         if context.is_main:
@@ -105,6 +89,13 @@ def _run(config: RunConfig, resume: str | None, make_trainee: Callable[[Distribu
         return trainer.fit()
     finally:
         shutdown_distributed()
+
+
+def _gt_sampler(config: RunConfig, train_set, detector: nn.Module) -> GroundTruthSampler | None:
+    sampling = config.data.augmentation.gt_sampling
+    if not sampling.enabled:
+        return None
+    return GroundTruthSampler(sampling, train_set.classes, detector.config.point_columns)
 
 
 def _trained_detector(trainee: nn.Module) -> nn.Module:

@@ -103,11 +103,11 @@ def detections_to_table(frames: Sequence[Frame], detections: Sequence[Detections
     for frame, found in zip(frames, detections):
         where = f"detections of frame {frame.frame_id}"
         try:
-            frame_boxes = found.boxes if isinstance(found.boxes, Boxes3D) else Boxes3D(_numpy(found.boxes))
+            frame_boxes = found.boxes if isinstance(found.boxes, Boxes3D) else Boxes3D(as_numpy(found.boxes))
         except ValueError as error:
             raise ValueError(f"{where}: {error}") from None
-        frame_scores = _numpy(found.scores).astype(np.float64).reshape(-1)
-        frame_labels = _numpy(found.labels).astype(np.int64).reshape(-1)
+        frame_scores = as_numpy(found.scores).astype(np.float64).reshape(-1)
+        frame_labels = as_numpy(found.labels).astype(np.int64).reshape(-1)
         if not len(frame_boxes) == len(frame_scores) == len(frame_labels):
             raise ValueError(f"{where}: {len(frame_boxes)} boxes, {len(frame_scores)} scores and "
                              f"{len(frame_labels)} labels; they must match")
@@ -139,7 +139,7 @@ def _table(frames: Sequence[Frame], boxes: list[Boxes3D], labels: list[np.ndarra
     )
 
 
-def _numpy(value: Any) -> np.ndarray:
+def as_numpy(value: Any) -> np.ndarray:
     """An array from a NumPy array, a list or a (CPU or CUDA) tensor."""
     if hasattr(value, "detach"):
         value = value.detach().cpu().numpy()

@@ -103,7 +103,7 @@ class KittiResult:
         values = entry.r40 if recall_positions == 40 else entry.r11
         return float(values[DIFFICULTIES.index(difficulty)])
 
-    def as_dict(self) -> dict[str, float]:
+    def to_dict(self) -> dict[str, float]:
         """Flat results with OpenPCDet's key names (``Car_3d_moderate_R40``; 2D box AP is ``image``);
         the loose set's keys end in ``_loose``."""
         result = {}

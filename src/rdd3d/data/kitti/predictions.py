@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 
 from rdd3d.data.types import Boxes3D, Frame
-from rdd3d.evaluation.detection_metrics import DetectionsLike, _numpy
+from rdd3d.evaluation.detection_metrics import DetectionsLike, as_numpy
 from rdd3d.evaluation.kitti_format import KittiObjects, detections_from_lidar_boxes, write_label_file
 from rdd3d.evaluation.kitti_metrics import METRICS, KittiResult, evaluate_kitti
 
@@ -26,14 +26,14 @@ def kitti_detections(frame: Frame, detections: DetectionsLike) -> KittiObjects:
     as KITTI detections in the frame's camera frame, with scores."""
     if "calib" not in frame.metadata:
         raise ValueError(f"frame {frame.frame_id}: metadata has no 'calib'; KITTI results need a KittiDataset frame")
-    boxes = detections.boxes if isinstance(detections.boxes, Boxes3D) else Boxes3D(_numpy(detections.boxes))
-    labels = _numpy(detections.labels).astype(np.int64).reshape(-1)
+    boxes = detections.boxes if isinstance(detections.boxes, Boxes3D) else Boxes3D(as_numpy(detections.boxes))
+    labels = as_numpy(detections.labels).astype(np.int64).reshape(-1)
     if len(labels) and (labels.min() < 0 or labels.max() >= len(frame.classes)):
         raise ValueError(f"detections of frame {frame.frame_id}: labels must lie in 0..{len(frame.classes) - 1} "
                          f"({list(frame.classes.names)}), got {sorted(set(labels.tolist()))}")
     names = [frame.classes.name(label) for label in labels]
     image_shape = frame.metadata.get("image_shape") or USUAL_IMAGE_SHAPE
-    return detections_from_lidar_boxes(boxes, _numpy(detections.scores), names, frame.metadata["calib"], image_shape)
+    return detections_from_lidar_boxes(boxes, as_numpy(detections.scores), names, frame.metadata["calib"], image_shape)
 
 
 def write_kitti_results(out_dir: str | os.PathLike, frames: Sequence[Frame],

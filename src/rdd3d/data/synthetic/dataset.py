@@ -36,6 +36,7 @@ class SyntheticDataset:
     """``size`` frames of split ``split``; frame ``i`` depends only on (seed, split, i) and the config."""
 
     class_ranges = CLASS_RANGES
+    evaluation = "nuscenes"  # scored by the nuScenes-style metric (rdd3d.evaluation.detection_metrics)
 
     def __init__(self, split: str = "train", size: int = 1000, seed: int = 0,
                  config: WorldConfig = WorldConfig()) -> None:

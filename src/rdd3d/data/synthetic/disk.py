@@ -88,6 +88,8 @@ def _write_labels(path: Path, frame: Frame) -> None:
 class DiskDataset:
     """A split written by :func:`write_dataset`, read back as the same Frames."""
 
+    evaluation = "nuscenes"  # as SyntheticDataset
+
     def __init__(self, root: str | os.PathLike, split: str = "train") -> None:
         self.root = Path(root)
         manifest = _read_manifest(self.root / "dataset.json")
