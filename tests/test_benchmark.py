@@ -11,6 +11,7 @@ from rdd3d.engine.benchmark import (
     BenchmarkPlan, BenchmarkResults, PairPlan, RunResult, VariantPlan, config_differences, format_markdown,
     load_plan, plan_runs, summarise, train_or_reuse,
 )
+from rdd3d.engine.checkpoint import load_checkpoint, save_checkpoint
 from rdd3d.engine.config_loading import ConfigError
 from rdd3d.engine.run_logging import read_log
 from rdd3d.engine.trainer import Trainer
@@ -64,6 +65,17 @@ def test_second_invocation_reuses_finished_runs(smoke_run, capsys):
     progress = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[")]
     assert len(progress) == 4 and all("(reused," in line for line in progress)
     assert all(run["reused"] for run in json.loads((smoke_run / "results.json").read_text())["runs"])
+
+
+def test_a_run_saved_before_a_config_key_existed_is_still_reused(smoke_run, capsys):
+    teacher = smoke_run / "teachers" / "cp-voxel" / "last.pt"
+    state = load_checkpoint(teacher)
+    del state["config"]["data"]["kitti"]  # as a checkpoint written before data.kitti was added
+    save_checkpoint(teacher, state)
+    stamp = teacher.stat().st_mtime_ns
+    assert main(["benchmark", "--plan", str(SMOKE), "--out", str(smoke_run), "--set", LAMBDA_ZERO,
+                 "--set", "trainer.log_interval=1"]) == 0
+    assert teacher.stat().st_mtime_ns == stamp
 
 
 def test_a_folder_holding_another_config_is_an_error_not_overwritten(smoke_run, capsys):

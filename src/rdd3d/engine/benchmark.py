@@ -30,7 +30,7 @@ from rdd3d.data.types import Frame
 from rdd3d.distill.methods import METHODS
 from rdd3d.engine.checkpoint import load_checkpoint
 from rdd3d.engine.config import RunConfig, load_run_config
-from rdd3d.engine.config_loading import ConfigError, build_config
+from rdd3d.engine.config_loading import ConfigError, build_config, config_from_dict
 from rdd3d.engine.datasets import build_datasets, evaluate, summary_metrics
 from rdd3d.engine.detection_task import predict
 from rdd3d.engine.distributed import init_distributed
@@ -193,7 +193,9 @@ def train_or_reuse(config: RunConfig) -> TrainedRun:
     resume = None
     if last.is_file():
         state = load_checkpoint(last)
-        differences = config_differences(state.get("config", {}), plain_config(config))
+        # Read through today's schema: a key added since (at its default) is no difference.
+        stored = plain_config(config_from_dict(RunConfig, state.get("config", {}), source=f"{last} (stored config)"))
+        differences = config_differences(stored, plain_config(config))
         if differences:
             raise ConfigError(f"{output_dir} holds a run of another config ({'; '.join(differences[:5])}); "
                               f"delete that folder or point the benchmark elsewhere (--out; teachers_dir for teachers)")
