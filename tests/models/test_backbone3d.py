@@ -1,4 +1,5 @@
-"""VoxelResBackBone8x: structure (OpenPCDet's), width multiplier, BEV output, backends agree."""
+"""VoxelResBackBone8x and SECOND's VoxelBackBone8x: structure (OpenPCDet's), width multiplier, BEV output,
+backends agree."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import pytest
 import torch
 
 from rdd3d.data.voxelize import Voxelizer
-from rdd3d.models.backbones3d import MIN_Z_SLICES, HeightCompression, VoxelResBackBone8x, scale_width
+from rdd3d.models.backbones3d import (
+    MIN_Z_SLICES, HeightCompression, VoxelBackBone8x, VoxelResBackBone8x, scale_width,
+)
 from rdd3d.models.encoders import MeanVFE
 from rdd3d.models.sparse import SparseConvolution, SparseTensor, set_sparse_backend, spconv_available
 
@@ -41,6 +44,31 @@ def test_structure_and_parameter_names_follow_openpcdet():
     strided = [(m.geometry.stride, m.geometry.padding) for m in convs if not m.geometry.subm]
     assert strided == [((2, 2, 2), (1, 1, 1))] * 2 + [((2, 2, 2), (0, 1, 1)), ((2, 1, 1), (0, 0, 0))]
     assert net.out_channels == 128 * 2 and net.output_shape() == (2, 4, 4)
+
+
+def test_second_backbone_is_plain_with_openpcdet_names_and_kitti_shapes():
+    net = VoxelBackBone8x(4, grid_size=(1408, 1600, 40))  # KITTI at 0.05 x 0.05 x 0.1 m
+    shapes = {name: tuple(p.shape) for name, p in net.state_dict().items()}
+    assert shapes["conv_input.0.weight"] == (16, 3, 3, 3, 4) and "conv_input.0.bias" not in shapes
+    assert shapes["conv1.0.0.weight"] == (16, 3, 3, 3, 16) and shapes["conv1.0.1.running_mean"] == (16,)
+    assert shapes["conv2.0.0.weight"] == (32, 3, 3, 3, 16) and shapes["conv2.2.0.weight"] == (32, 3, 3, 3, 32)
+    assert shapes["conv4.0.0.weight"] == (64, 3, 3, 3, 64) and shapes["conv_out.0.weight"] == (128, 3, 1, 1, 64)
+    assert not any(".conv1." in name or "bn1" in name for name in shapes)  # no residual blocks
+    convs = [m for m in net.modules() if isinstance(m, SparseConvolution)]
+    assert len(convs) == 1 + 1 + 3 * 3 + 1
+    assert net.output_shape() == (2, 200, 176) and net.out_channels == 256
+    half = VoxelBackBone8x(4, grid_size=(64, 64, 40), width=0.5)
+    assert [m.out_channels for m in half.modules() if isinstance(m, SparseConvolution)][-1] == 64
+
+
+def test_second_backbone_runs_forward_and_backward():
+    grid = (48, 40, 40)
+    features, coords = random_voxels(grid, count=600, batch_size=2)
+    net = VoxelBackBone8x(4, grid, width=0.5, backend="torch")
+    bev = net(features.requires_grad_(True), coords, batch_size=2)
+    assert bev.features.shape == (2, net.out_channels, 5, 6)
+    bev.features.square().mean().backward()
+    assert net.conv_input[0].weight.grad.abs().sum() > 0 and features.grad.abs().sum() > 0
 
 
 @pytest.mark.parametrize("width, filters", [(0.5, (8, 8, 16, 32, 64, 64)), (0.75, (12, 12, 24, 48, 96, 96))])
