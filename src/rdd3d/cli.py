@@ -132,18 +132,23 @@ def _run_train(args) -> None:
     _print_result(train_detector(config, resume=args.resume))
 
 
-def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
+def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", action="append", default=[], type=Path,
                         help="YAML config file(s), merged in order (repeatable)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override one config value, e.g. --set optim.lr=2e-3 (repeatable)")
+
+
+def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_config_arguments(parser)
     parser.add_argument("--resume", nargs="?", const="last", default=None, metavar="CKPT",
                         help="continue from CKPT (default: <output_dir>/last.pt)")
 
 
 def _print_result(result) -> None:
-    if result.metrics:
-        print(f"finished at step {result.step}: mAP {result.metrics['mAP']:.4f}, NDS {result.metrics['NDS']:.4f}")
+    if result.metrics:  # KITTI runs have no NDS
+        shown = [f"{name} {result.metrics[name]:.4f}" for name in ("mAP", "NDS") if name in result.metrics]
+        print(f"finished at step {result.step}: {', '.join(shown)}")
 
 
 # ----------------------------------------------------------------------------- distill
@@ -247,6 +252,94 @@ def _evaluate_checkpoint(args):
         written = write_predictions(config.data, val_set, frames, detections, args.write_results)
         print(f"wrote {written}")
     return evaluate(val_set, frames, detections)
+
+
+# ----------------------------------------------------------------------------- nuscenes-infos
+def _add_nuscenes_infos(commands) -> None:
+    from rdd3d.data.nuscenes import VERSION_SPLITS
+
+    parser = commands.add_parser(
+        "nuscenes-infos", help="build the nuScenes info files a run reads (data.nuscenes.train_info/val_info)",
+        description="Read a nuScenes dataroot with nuscenes-devkit and write one info file per predefined split "
+                    "of the release (v1.0-trainval: train, val; v1.0-mini: mini_train, mini_val; v1.0-test: "
+                    "test) as <out>/nuscenes_infos_<split>.json. See docs/data-nuscenes.md.",
+    )
+    parser.add_argument("--dataroot", required=True, type=Path,
+                        help="the folder holding samples/, sweeps/, maps/ and the version's table folder")
+    parser.add_argument("--version", required=True, choices=tuple(VERSION_SPLITS), help="nuScenes release")
+    parser.add_argument("--out", required=True, type=Path, help="folder for the info files")
+    parser.add_argument("--max-sweeps", type=int, default=10,
+                        help="earlier LiDAR sweeps stored per keyframe (default 10)")
+    parser.add_argument("--on-missing", choices=("error", "skip"), default="error",
+                        help="a missing LiDAR file: stop with its name (default), or leave it out and count it")
+    parser.add_argument("--compress", action="store_true", help="write .json.gz")
+    parser.set_defaults(handler=_run_nuscenes_infos)
+
+
+def _run_nuscenes_infos(args) -> None:
+    from rdd3d.data.nuscenes import build_infos
+
+    if not args.dataroot.is_dir():
+        raise UsageError(f"--dataroot {args.dataroot}: not a folder")
+    try:
+        report = build_infos(args.dataroot, args.version, args.out, max_sweeps=args.max_sweeps,
+                             on_missing=args.on_missing, compress=args.compress, verbose=args.verbose)
+    except (FileNotFoundError, ValueError, ImportError) as error:
+        # Everything this command reads is its input: a missing table or file, or what the devkit
+        # refuses, is a bad dataroot (or a missing devkit), not a failed run.
+        raise UsageError(str(error)) from error
+    except KeyError as error:  # a token one table refers to is absent from another, or a record lacks a field
+        raise UsageError(f"{args.dataroot} ({args.version}): broken nuScenes tables: no record or field {error}") \
+            from error
+    for split, path in report.files.items():
+        print(f"{split}: {report.samples[split]} samples -> {path}")
+    print(f"skipped {report.skipped_samples} keyframes and {report.skipped_sweeps} sweeps with a missing LiDAR "
+          f"file; dropped {report.dropped_annotations} annotations outside the detection classes")
+
+
+# ----------------------------------------------------------------------------- gt-database
+def _add_gt_database(commands) -> None:
+    parser = commands.add_parser(
+        "gt-database", help="cut the training split's objects out into a ground-truth sampling database",
+        description="Build the training split of the configured dataset (data.*), write every labelled object "
+                    "with at least one point (its points, relative to the box centre) and the index "
+                    "gt_database.json to --out, for data.augmentation.gt_sampling (docs/gt-sampling.md).",
+    )
+    _add_config_arguments(parser)
+    parser.add_argument("--out", required=True, type=Path, help="database folder")
+    parser.add_argument("--classes", nargs="+", metavar="CLASS", help="only these classes (default: all)")
+    parser.set_defaults(handler=_run_gt_database)
+
+
+def _run_gt_database(args) -> None:
+    from collections import Counter
+
+    from rdd3d.data.gt_sampling import build_gt_database, read_gt_database
+    from rdd3d.engine.config import load_run_config
+    from rdd3d.engine.datasets import build_datasets
+
+    config = load_run_config(args.config, args.set)
+    config.data.cache_in_memory = False  # every frame is read once, in turn
+    config.data.nuscenes.use_cbgs = False  # each training sample once: CBGS repeats samples
+    train_set, _ = build_datasets(config.data)
+    unknown = sorted(set(args.classes or ()) - set(train_set.classes.names))
+    if unknown:
+        raise UsageError(f"--classes {unknown}: not classes of data.dataset={config.data.dataset!r} "
+                         f"(expected some of {list(train_set.classes.names)})")
+    index = build_gt_database(train_set, args.out, classes=args.classes)
+    counts = Counter(entry.class_name for entry in read_gt_database(index))
+    print(f"wrote {sum(counts.values())} objects from {len(train_set)} training frames to {index}")
+    for name in train_set.classes.names:
+        if name in counts:
+            print(f"  {name}: {counts[name]}")
+    if not counts:
+        return
+    example_counts = ", ".join(f"{name}: 15" for name in counts)
+    print("To paste them into training frames, add to the run (sample_counts: how many objects of each class a "
+          "frame should hold after pasting; the 15 is an example, see docs/gt-sampling.md):\n"
+          "  --set data.augmentation.gt_sampling.enabled=true\n"
+          f"  --set data.augmentation.gt_sampling.database={index.resolve()}\n"
+          f"  --set 'data.augmentation.gt_sampling.sample_counts={{{example_counts}}}'")
 
 
 # ----------------------------------------------------------------------------- flops
@@ -374,8 +467,8 @@ def _world_config(overrides: Sequence[str]):
     return build_config(WorldConfig, overrides=overrides)
 
 
-COMMANDS: tuple[Callable, ...] = (_add_demo, _add_simulate, _add_show, _add_train, _add_distill, _add_eval, _add_flops,
-                                 _add_benchmark, _add_disparity)
+COMMANDS: tuple[Callable, ...] = (_add_demo, _add_simulate, _add_show, _add_nuscenes_infos, _add_gt_database,
+                                 _add_train, _add_distill, _add_eval, _add_flops, _add_benchmark, _add_disparity)
 
 
 def build_parser() -> argparse.ArgumentParser:

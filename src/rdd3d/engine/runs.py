@@ -18,7 +18,7 @@ from rdd3d.distill.distiller import Distiller
 from rdd3d.distill.methods import build_method
 from rdd3d.engine.checkpoint import CheckpointError, load_checkpoint, load_model_state
 from rdd3d.engine.config import RunConfig
-from rdd3d.engine.config_loading import config_from_dict, save_config
+from rdd3d.engine.config_loading import ConfigError, config_from_dict, save_config
 from rdd3d.engine.datasets import build_datasets
 from rdd3d.engine.detection_task import DetectorTraining, evaluate_detector
 from rdd3d.engine.distributed import (
@@ -69,6 +69,7 @@ def _run(config: RunConfig, resume: str | None, make_trainee: Callable[[Distribu
         train_set, val_set = build_datasets(config.data)
         trainee = make_trainee(context)
         detector = _trained_detector(trainee)
+        _check_flips(config, detector.point_cloud_range)
         frames = TrainingFrames(train_set, detector.point_cloud_range, config.data.augmentation,
                                 seed=config.trainer.seed, gt_sampler=_gt_sampler(config, train_set, detector))
         max_frames = config.eval.max_frames or len(val_set)
@@ -89,6 +90,18 @@ def _run(config: RunConfig, resume: str | None, make_trainee: Callable[[Distribu
         return trainer.fit()
     finally:
         shutdown_distributed()
+
+
+def _check_flips(config: RunConfig, point_cloud_range) -> None:
+    """A flip must keep the scene inside the detector's range. KITTI's is x in [0, 70.4] (the camera's
+    view): mirroring x would move every point and box of the flipped frames out of it, silently."""
+    x0, y0, _, x1, y1, _ = point_cloud_range
+    augmentation = config.data.augmentation
+    for flag, axis, low, high in (("flip_y", "x", x0, x1), ("flip_x", "y", y0, y1)):
+        if getattr(augmentation, flag) and low != -high:
+            raise ConfigError(f"data.augmentation.{flag}=true mirrors {axis} -> -{axis}, out of the detector's "
+                              f"{axis} range [{low}, {high}] (data.dataset={config.data.dataset!r}): "
+                              f"set data.augmentation.{flag}=false")
 
 
 def _gt_sampler(config: RunConfig, train_set, detector: nn.Module) -> GroundTruthSampler | None:
