@@ -364,10 +364,11 @@ def _run_flops(args) -> None:
 
     if args.dataset not in list_datasets():
         raise UsageError(f"--dataset {args.dataset!r}: expected one of {list(list_datasets())}")
-    unknown = [name for name in args.presets if name not in list_presets()]
+    offered = list_presets(args.dataset)
+    unknown = [name for name in args.presets if name not in offered]
     if unknown:
-        raise UsageError(f"unknown presets {unknown}; known presets: {list(list_presets())}")
-    report = flops_report(args.presets or list(list_presets()), args.dataset, reference_points(args.dataset))
+        raise UsageError(f"presets {unknown} are not offered on {args.dataset}; its presets: {list(offered)}")
+    report = flops_report(args.presets or list(offered), args.dataset, reference_points(args.dataset))
     print(report)
     if args.json is not None:
         from rdd3d.fileio import write_json

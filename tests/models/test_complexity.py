@@ -5,7 +5,7 @@ from torch import nn
 from rdd3d.models.complexity import (
     PAPER_GFLOPS, count_macs, count_parameters, flops_report, format_report, reference_points,
 )
-from rdd3d.models.detector import CenterPoint
+from rdd3d.models.detector import Detector
 from rdd3d.models.presets import build_detector, list_presets, preset_config
 from rdd3d.models.sparse import SparseTensor, SubMConv3d, spconv_available
 
@@ -112,5 +112,5 @@ def test_counter_reproduces_the_papers_cp_pillar_on_its_waymo_geometry(name, pil
     }
     torch.manual_seed(0)
     points = torch.rand(2000, 5) * torch.tensor([100.0, 100.0, 4.0, 1.0, 0.0]) - torch.tensor([50.0, 50.0, 1.0, 0, 0])
-    macs = count_macs(CenterPoint(preset_config(name, "nuscenes", **waymo)), [points]).macs
+    macs = count_macs(Detector(preset_config(name, "nuscenes", **waymo)), [points]).macs
     assert macs / 1e9 == pytest.approx(PAPER_GFLOPS[name], rel=0.02)

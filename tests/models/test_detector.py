@@ -1,9 +1,12 @@
 import pytest
 import torch
 
+from rdd3d.data.kitti import KittiDataset
 from rdd3d.data.synthetic import SyntheticDataset
-from rdd3d.models.detector import CenterPoint, DetectorOutput
-from rdd3d.models.presets import build_detector, list_presets, preset_config
+from rdd3d.data.transforms import crop_to_range
+from rdd3d.models.detector import Detector, DetectorOutput
+from rdd3d.models.heads import AnchorPrediction
+from rdd3d.models.presets import ANCHOR_PRESETS, build_detector, list_presets, preset_config
 
 
 @pytest.fixture(scope="module")
@@ -16,7 +19,10 @@ def _inputs(frame):
             [torch.from_numpy(frame.labels)])
 
 
-@pytest.mark.parametrize("name", list_presets())
+CENTER_PRESETS = [name for name in list_presets() if name not in ANCHOR_PRESETS]
+
+
+@pytest.mark.parametrize("name", CENTER_PRESETS)
 def test_synthetic_preset_trains_and_decodes(name, frame):
     torch.manual_seed(0)
     detector = build_detector(name, "synthetic")
@@ -43,6 +49,53 @@ def test_synthetic_preset_trains_and_decodes(name, frame):
     assert found.boxes.shape == (len(found.scores), 9) and found.labels.shape == found.scores.shape
     if len(found.labels):
         assert 0 <= found.labels.min() and found.labels.max() < len(detector.classes)
+
+
+@pytest.mark.parametrize("name", ANCHOR_PRESETS)
+def test_synthetic_anchor_preset_trains_and_decodes(name, frame):
+    torch.manual_seed(0)
+    detector = build_detector(name, "synthetic")
+    points, boxes, labels = _inputs(frame)
+    output = detector(points + points)
+    assert isinstance(output.predictions, AnchorPrediction)
+    anchor_types = detector.head.num_anchor_types  # 7 classes x 2 rotations
+    assert anchor_types == 14
+    assert output.predictions.cls_logits.shape == (2, anchor_types * 7, *output.bev_features.shape[-2:])
+    loss = detector.loss(output, boxes + boxes, labels + labels)  # (M, 9) boxes: velocity is not regressed
+    assert torch.isfinite(loss.total) and set(loss.terms()) == {"classification", "regression", "direction"}
+    loss.total.backward()
+    assert next(detector.parameters()).grad.abs().sum() > 0
+    detector.eval()
+    found = detector.decode(detector(points))[0]
+    assert found.boxes.shape == (len(found.scores), 7)
+
+
+@pytest.mark.parametrize("name", ANCHOR_PRESETS)
+def test_kitti_anchor_preset_trains_on_the_real_frame(name, real_data):
+    frame = KittiDataset(real_data / "kitti", frame_ids=["000008"])[0]
+    torch.manual_seed(0)
+    detector = build_detector(name, "kitti")
+    frame = crop_to_range(frame, detector.point_cloud_range)
+    assert len(frame.boxes) == 6  # the six cars
+    output = detector([torch.from_numpy(frame.points.points)])
+    targets = detector.head.targets(output.bev_features.shape[-2:], [torch.from_numpy(frame.boxes.tensor)],
+                                    [torch.from_numpy(frame.labels)])
+    assert (targets.positive & (targets.labels == 0)).sum() >= 6  # every car (label 0) gets at least its best anchor
+    loss = detector.loss(output, [torch.from_numpy(frame.boxes.tensor)], [torch.from_numpy(frame.labels)])
+    loss.total.backward()
+    assert torch.isfinite(loss.total) and next(detector.parameters()).grad.abs().sum() > 0
+
+
+def test_anchor_presets_are_offered_where_the_dataset_has_anchors():
+    assert set(ANCHOR_PRESETS) <= set(list_presets("kitti")) and set(ANCHOR_PRESETS) <= set(list_presets("synthetic"))
+    assert not set(ANCHOR_PRESETS) & set(list_presets("nuscenes"))
+    with pytest.raises(ValueError, match="'second' \\(anchor head\\) is offered on the datasets"):
+        build_detector("second", "nuscenes")
+    second = preset_config("second-s", "kitti")
+    assert second.backbone_3d == "voxel" and second.backbone_3d_width == 0.75 and second.backbone_2d.width == 0.5
+    pillars = preset_config("pointpillars-xs", "kitti")
+    assert pillars.voxel_size[:2] == (0.16, 0.16) and pillars.point_cloud_range[:2] == (0.0, -39.68)
+    assert pillars.pillar_filters == (32,) and pillars.head.decode.nms.kind == "nearest_bev"
 
 
 def test_submodules_are_named_for_distillation_hooks():
@@ -72,7 +125,7 @@ def test_teacher_and_student_of_different_pillar_sizes_read_the_same_points(fram
 
 def test_max_voxels_follow_train_and_eval_mode(frame):
     points, _, _ = _inputs(frame)
-    detector = CenterPoint(preset_config("cp-voxel-xxs", "synthetic", max_voxels_train=100, max_voxels_test=300))
+    detector = Detector(preset_config("cp-voxel-xxs", "synthetic", max_voxels_train=100, max_voxels_test=300))
     assert detector.voxelizer(points).coords.shape[0] == 100
     detector.eval()
     assert detector.voxelizer(points).coords.shape[0] == 300

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from rdd3d.models.nms import circle_nms, rotated_nms
+from rdd3d.models.nms import circle_nms, nearest_bev_nms, rotated_nms
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
 
@@ -31,6 +31,19 @@ def test_rotated_nms_uses_the_rotated_overlap():
     scores = torch.tensor([0.9, 0.8])
     assert rotated_nms(boxes, scores, iou_threshold=0.1).tolist() == [0]
     assert rotated_nms(boxes, scores, iou_threshold=0.2).tolist() == [0, 1]
+
+
+def test_nearest_bev_nms_snaps_yaw_to_the_nearest_axis():
+    # Two 4 x 2 m boxes 1 m apart along x. At yaw 0.3 rad (snapped to 0) their axis-aligned IoU is
+    # 3 x 2 / (8 + 8 - 6) = 0.6, while the rotated overlap of the same boxes is smaller.
+    boxes = torch.tensor([_box(0, 0, yaw=0.3), _box(1.0, 0, yaw=0.3)])
+    scores = torch.tensor([0.9, 0.8])
+    assert nearest_bev_nms(boxes, scores, iou_threshold=0.59).tolist() == [0]
+    assert nearest_bev_nms(boxes, scores, iou_threshold=0.61).tolist() == [0, 1]
+    # At yaw 1.2 rad (snapped to pi/2) both lie 2 x 4 m: IoU = 1 x 4 / (8 + 8 - 4) = 1/3.
+    turned = torch.tensor([_box(0, 0, yaw=1.2), _box(1.0, 0, yaw=1.2)])
+    assert nearest_bev_nms(turned, scores, iou_threshold=0.3).tolist() == [0]
+    assert nearest_bev_nms(turned, scores, iou_threshold=0.34).tolist() == [0, 1]
 
 
 def test_greedy_order_a_suppressed_box_suppresses_nothing():

@@ -11,17 +11,25 @@ VOXEL_FAMILY = ("cp-voxel", "cp-voxel-s", "cp-voxel-xs", "cp-voxel-xxs")
 PILLAR_FAMILY = ("cp-pillar", "cp-pillar-v0.4", "cp-pillar-v0.48", "cp-pillar-v0.64")
 
 
+SECOND_FAMILY = ("second", "second-s", "second-xs")
+POINTPILLARS_FAMILY = ("pointpillars", "pointpillars-s", "pointpillars-xs")
+
+
 def test_the_paper_presets_and_datasets_are_listed():
-    assert list_presets() == VOXEL_FAMILY + PILLAR_FAMILY
+    assert list_presets() == VOXEL_FAMILY + PILLAR_FAMILY + SECOND_FAMILY + POINTPILLARS_FAMILY
+    assert list_presets("nuscenes") == VOXEL_FAMILY + PILLAR_FAMILY
     assert list_datasets() == ("nuscenes", "kitti", "synthetic")
-    assert [teacher_of(name) for name in list_presets()] == ["cp-voxel"] * 4 + ["cp-pillar"] * 4
+    assert [teacher_of(name) for name in list_presets()] == (
+        ["cp-voxel"] * 4 + ["cp-pillar"] * 4 + ["second"] * 3 + ["pointpillars"] * 3)
 
 
 @pytest.mark.parametrize("dataset", ["nuscenes", "kitti", "synthetic"])
 def test_every_preset_builds_with_a_shrinking_family(dataset):
-    params = {name: count_parameters(build_detector(name, dataset)) for name in list_presets()}
-    voxel = [params[name] for name in VOXEL_FAMILY]
-    assert voxel == sorted(voxel, reverse=True) and len(set(voxel)) == 4
+    params = {name: count_parameters(build_detector(name, dataset)) for name in list_presets(dataset)}
+    for family in (VOXEL_FAMILY, SECOND_FAMILY, POINTPILLARS_FAMILY):
+        if family[0] in params:
+            sizes = [params[name] for name in family]
+            assert sizes == sorted(sizes, reverse=True) and len(set(sizes)) == len(family), family
     assert len({params[name] for name in PILLAR_FAMILY}) == 1  # pillar students keep every width
 
 

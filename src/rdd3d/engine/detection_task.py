@@ -22,7 +22,7 @@ from rdd3d.engine.datasets import evaluate, summary_metrics
 def detection_loss_terms(detector: nn.Module, output, batch: DetectionBatch) -> dict[str, Tensor]:
     """The detector's loss split into logged terms that sum to its total."""
     loss = detector.loss(output, batch.gt_boxes, batch.gt_labels)
-    return {"det/heatmap": loss.heatmap.sum(), "det/location": loss.location.sum()}
+    return {f"det/{name}": value for name, value in loss.terms().items()}
 
 
 class DetectorTraining(nn.Module):

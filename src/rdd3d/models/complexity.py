@@ -30,13 +30,19 @@ from torch import Tensor, nn
 
 from rdd3d.models.sparse import SparseConvolution
 
-#: The paper's (SparseKD's) GFLOPs, which are MACs counted as above on Waymo (RDD's Table 1 repeats them).
+#: The paper's (SparseKD's) GFLOPs, which are MACs counted as above: CenterPoint on Waymo (RDD's Table 1
+#: repeats them), SECOND and PointPillars on KITTI (Table 4). SECOND-XS has no published figure.
 PAPER_GFLOPS: dict[str, float] = {
     "cp-voxel": 114.8, "cp-voxel-s": 47.8, "cp-voxel-xs": 36.0, "cp-voxel-xxs": 12.0,
     "cp-pillar": 333.9, "cp-pillar-v0.4": 212.9, "cp-pillar-v0.48": 149.4, "cp-pillar-v0.64": 85.1,
+    "second": 80.5, "second-s": 23.0, "pointpillars": 34.3, "pointpillars-s": 9.8, "pointpillars-xs": 8.7,
 }
-#: Parameter ratios student / teacher that the paper states.
-PAPER_PARAMS_RATIO: dict[str, float] = {"cp-voxel": 1.0, "cp-voxel-s": 0.513, "cp-pillar": 1.0}
+#: Parameter ratios student / teacher that the paper states (Table 4: SECOND 5.3 M, SECOND-S 1.6 M;
+#: PointPillars 4.8 M, -S 1.5 M, -XS 1.3 M).
+PAPER_PARAMS_RATIO: dict[str, float] = {
+    "cp-voxel": 1.0, "cp-voxel-s": 0.513, "cp-pillar": 1.0,
+    "second": 1.0, "second-s": 1.6 / 5.3, "pointpillars": 1.0, "pointpillars-s": 1.5 / 4.8, "pointpillars-xs": 1.3 / 4.8,
+}
 
 
 class ComplexityReport(NamedTuple):
@@ -121,8 +127,8 @@ class FlopsRow:
     macs: int
     params_ratio: float  # of the teacher's
     macs_ratio: float
-    paper_gflops: float
-    paper_macs_ratio: float  # the paper's GFLOPs over its teacher's
+    paper_gflops: float | None  # None: the paper gives no figure
+    paper_macs_ratio: float | None  # the paper's GFLOPs over its teacher's
     paper_params_ratio: float | None  # where the paper states it
     macs_by_part: dict[str, int]
 
@@ -142,9 +148,11 @@ class FlopsReport:
         lines = [header, "|---|---:|---:|---:|---:|---:|---:|---:|"]
         for row in self.rows:
             paper_params = "" if row.paper_params_ratio is None else f"{row.paper_params_ratio:.1%}"
+            paper_gflops = "" if row.paper_gflops is None else f"{row.paper_gflops:.1f}"
+            paper_ratio = "" if row.paper_macs_ratio is None else f"{row.paper_macs_ratio:.1%}"
             lines.append(
                 f"| {row.preset} | {row.params / 1e6:.2f} M | {row.macs / 1e9:.2f} | {row.params_ratio:.1%} "
-                f"| {row.macs_ratio:.1%} | {row.paper_gflops:.1f} | {row.paper_macs_ratio:.1%} | {paper_params} |"
+                f"| {row.macs_ratio:.1%} | {paper_gflops} | {paper_ratio} | {paper_params} |"
             )
         return "\n".join(lines)
 
@@ -172,7 +180,8 @@ def flops_report(preset_names: Sequence[str], dataset: str, points: Tensor) -> F
         rows.append(FlopsRow(
             preset=name, teacher=teacher, params=report.params, macs=report.macs,
             params_ratio=report.params / teacher_report.params, macs_ratio=report.macs / teacher_report.macs,
-            paper_gflops=PAPER_GFLOPS[name], paper_macs_ratio=PAPER_GFLOPS[name] / PAPER_GFLOPS[teacher],
+            paper_gflops=PAPER_GFLOPS.get(name),
+            paper_macs_ratio=PAPER_GFLOPS[name] / PAPER_GFLOPS[teacher] if name in PAPER_GFLOPS else None,
             paper_params_ratio=PAPER_PARAMS_RATIO.get(name), macs_by_part=report.macs_by_part,
         ))
     return FlopsReport(dataset, int(points.shape[0]), tuple(rows))

@@ -1,6 +1,6 @@
 """Greedy non-maximum suppression for BEV boxes, on whatever device the boxes live.
 
-Both kinds follow OpenPCDet/CenterPoint: candidates sorted by descending score (optionally cut
+Every kind follows OpenPCDet/CenterPoint: candidates sorted by descending score (optionally cut
 to ``pre_max_size``), each kept box suppresses every lower-scoring one it overlaps, and at most
 ``post_max_size`` survivors are returned. Return value: indices into the input, best first.
 """
@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from rdd3d.evaluation.geometry import bev_iou
+from rdd3d.evaluation.geometry import bev_iou, nearest_bev_iou
 
 
 def _greedy_nms(
@@ -49,6 +49,18 @@ def rotated_nms(
 ) -> Tensor:
     """``(N, 7+)`` boxes, ``(N,)`` scores: a kept box suppresses those with rotated BEV IoU > ``iou_threshold``."""
     return _greedy_nms(boxes, scores, lambda b: bev_iou(b, b) > iou_threshold, pre_max_size, post_max_size)
+
+
+def nearest_bev_nms(
+    boxes: Tensor,
+    scores: Tensor,
+    iou_threshold: float,
+    pre_max_size: Optional[int] = None,
+    post_max_size: Optional[int] = None,
+) -> Tensor:
+    """Axis-aligned NMS: each box's yaw snapped to the nearest axis (OpenPCDet's ``nearest_bev``), then
+    a kept box suppresses those with axis-aligned BEV IoU > ``iou_threshold``."""
+    return _greedy_nms(boxes, scores, lambda b: nearest_bev_iou(b, b) > iou_threshold, pre_max_size, post_max_size)
 
 
 def circle_nms(

@@ -33,9 +33,14 @@ from functools import partial
 from typing import Callable
 
 from rdd3d.data.synthetic.catalog import CLASS_NAMES as SYNTHETIC_CLASSES
+from rdd3d.data.synthetic.catalog import CLASS_SPECS as SYNTHETIC_SPECS
+from rdd3d.data.synthetic.config import LidarConfig
 from rdd3d.models.backbones2d import BEVBackboneConfig
-from rdd3d.models.detector import CenterPoint, CenterPointConfig
-from rdd3d.models.heads import CenterHeadConfig, DecodeConfig, LossConfig, NMSConfig
+from rdd3d.models.detector import Detector, DetectorConfig
+from rdd3d.models.heads import (
+    KITTI_ANCHORS, AnchorClassConfig, AnchorDecodeConfig, AnchorHeadConfig, CenterHeadConfig, DecodeConfig,
+    LossConfig, NMSConfig,
+)
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,8 @@ class DatasetSetup:
     pillar_scale: float = 1.0  # pillar sizes are the paper's times this
     sparse_width_scale: float = 1.0  # sparse 3D backbone channels are the paper's times this
     dense_width_scale: float = 1.0  # so are the BEV backbone's, the head's and the pillar net's
+    # Anchor-head families (SECOND, PointPillars): one anchor entry per class; () where they are not offered.
+    anchors: tuple[AnchorClassConfig, ...] = ()
 
 
 #: OpenPCDet's CenterPoint nuScenes class order and its six heads.
@@ -93,8 +100,22 @@ KITTI = DatasetSetup(
     voxel_size=(0.05, 0.05, 0.1),
     max_points_per_voxel=5,
     max_voxels=(16000, 40000),
+    anchors=KITTI_ANCHORS,
     max_pillars=(16000, 40000),
 )
+
+def _synthetic_anchors() -> tuple[AnchorClassConfig, ...]:
+    """One anchor per class at the class's mean size, standing on the mean ground (the sensor's mount
+    height below the LiDAR); KITTI's thresholds: vehicles 0.6 / 0.45, the rest 0.5 / 0.35."""
+    ground = -LidarConfig().mount_height
+    vehicles = ("car", "truck", "bus")
+    return tuple(
+        AnchorClassConfig(name, (SYNTHETIC_SPECS[name].mean_size,), bottom_z=ground,
+                          matched_threshold=0.6 if name in vehicles else 0.5,
+                          unmatched_threshold=0.45 if name in vehicles else 0.35)
+        for name in SYNTHETIC_CLASSES
+    )
+
 
 #: The built-in world: nuScenes-like input (two sweeps with a time lag). +-41.6 m covers the world's
 #: 40 m object radius and evaluation range with a whole number of 0.2 m voxels and 1.6 m BEV cells
@@ -115,6 +136,7 @@ SYNTHETIC = DatasetSetup(
     pillar_scale=2.0,
     sparse_width_scale=0.5,
     dense_width_scale=0.75,
+    anchors=_synthetic_anchors(),
 )
 
 DATASETS: dict[str, DatasetSetup] = {"nuscenes": NUSCENES, "kitti": KITTI, "synthetic": SYNTHETIC}
@@ -143,9 +165,9 @@ def _scaled(channels: int, scale: float) -> int:
     return max(1, int(channels * scale))
 
 
-def cp_voxel(setup: DatasetSetup, width_3d: float, width_2d: float, head_channels: int) -> CenterPointConfig:
+def cp_voxel(setup: DatasetSetup, width_3d: float, width_2d: float, head_channels: int) -> DetectorConfig:
     """A CP-Voxel family member; widths relative to the teacher (1, 1, 64)."""
-    return CenterPointConfig(
+    return DetectorConfig(
         classes=setup.classes,
         point_cloud_range=setup.point_cloud_range,
         voxel_size=setup.voxel_size,
@@ -172,11 +194,11 @@ def pillar_range(point_cloud_range: tuple[float, ...], pillar: float, multiple: 
     return tuple(fitted)
 
 
-def cp_pillar(setup: DatasetSetup, pillar: float, max_points_per_pillar: int) -> CenterPointConfig:
+def cp_pillar(setup: DatasetSetup, pillar: float, max_points_per_pillar: int) -> DetectorConfig:
     """A CP-Pillar family member; ``pillar`` in metres at the paper's scale (teacher 0.32)."""
     size = pillar * setup.pillar_scale
     point_cloud_range = pillar_range(setup.point_cloud_range, size, math.prod(PILLAR_BEV.layer_strides))
-    return CenterPointConfig(
+    return DetectorConfig(
         classes=setup.classes,
         point_cloud_range=point_cloud_range,
         voxel_size=(size, size, point_cloud_range[5] - point_cloud_range[2]),
@@ -191,8 +213,62 @@ def cp_pillar(setup: DatasetSetup, pillar: float, max_points_per_pillar: int) ->
     )
 
 
+#: SECOND's BEV backbone (OpenPCDet KITTI): the same two levels as CP-Voxel's.
+SECOND_BEV = VOXEL_BEV
+#: PointPillars' BEV backbone (OpenPCDet KITTI): three levels from a stride-2 start, output at stride 2.
+POINTPILLARS_BEV = BEVBackboneConfig(
+    layer_nums=(3, 5, 5), layer_strides=(2, 2, 2), num_filters=(64, 128, 256), upsample_strides=(1, 2, 4),
+    num_upsample_filters=(128, 128, 128),
+)
+POINTPILLARS_FILTERS = (64,)
+#: The RDD paper's KITTI post-processing: axis-aligned NMS at IoU 0.5 (rdd-method.md §7).
+PAPER_KITTI_NMS = NMSConfig(kind="nearest_bev", iou_threshold=0.5, pre_max_size=4096, post_max_size=500)
+
+
+def _anchor_head(setup: DatasetSetup) -> AnchorHeadConfig:
+    return AnchorHeadConfig(anchors=setup.anchors, decode=AnchorDecodeConfig(nms=PAPER_KITTI_NMS))
+
+
+def second(setup: DatasetSetup, width_3d: float, width_2d: float) -> DetectorConfig:
+    """A SECOND family member (mean VFE, plain sparse backbone, anchor head); widths relative to the teacher."""
+    return DetectorConfig(
+        classes=setup.classes,
+        point_cloud_range=setup.point_cloud_range,
+        voxel_size=setup.voxel_size,
+        max_points_per_voxel=setup.max_points_per_voxel,
+        max_voxels_train=setup.max_voxels[0],
+        max_voxels_test=setup.max_voxels[1],
+        point_columns=setup.point_columns,
+        encoder="mean_vfe",
+        backbone_3d="voxel",
+        backbone_3d_width=width_3d * setup.sparse_width_scale,
+        backbone_2d=dataclasses.replace(SECOND_BEV, width=width_2d * setup.dense_width_scale),
+        head=_anchor_head(setup),
+    )
+
+
+def pointpillars(setup: DatasetSetup, width_encoder: float, width_2d: float) -> DetectorConfig:
+    """A PointPillars family member (0.16 m pillars at the paper's scale, 32 points each); widths relative
+    to the teacher. On KITTI the range becomes x 0..70.4, y +-39.68 (a whole number of 8-pillar blocks)."""
+    size = 0.16 * setup.pillar_scale
+    point_cloud_range = pillar_range(setup.point_cloud_range, size, math.prod(POINTPILLARS_BEV.layer_strides))
+    return DetectorConfig(
+        classes=setup.classes,
+        point_cloud_range=point_cloud_range,
+        voxel_size=(size, size, point_cloud_range[5] - point_cloud_range[2]),
+        max_points_per_voxel=32,
+        max_voxels_train=setup.max_pillars[0],
+        max_voxels_test=setup.max_pillars[1],
+        point_columns=setup.point_columns,
+        encoder="pillar",
+        pillar_filters=tuple(_scaled(c, width_encoder * setup.dense_width_scale) for c in POINTPILLARS_FILTERS),
+        backbone_2d=dataclasses.replace(POINTPILLARS_BEV, width=width_2d * setup.dense_width_scale),
+        head=_anchor_head(setup),
+    )
+
+
 #: Every preset: name -> how it is built from a dataset setup.
-PRESETS: dict[str, Callable[[DatasetSetup], CenterPointConfig]] = {
+PRESETS: dict[str, Callable[[DatasetSetup], DetectorConfig]] = {
     "cp-voxel": partial(cp_voxel, width_3d=1.0, width_2d=1.0, head_channels=64),
     "cp-voxel-s": partial(cp_voxel, width_3d=1.0, width_2d=0.5, head_channels=32),
     "cp-voxel-xs": partial(cp_voxel, width_3d=0.75, width_2d=0.5, head_channels=32),
@@ -201,16 +277,28 @@ PRESETS: dict[str, Callable[[DatasetSetup], CenterPointConfig]] = {
     "cp-pillar-v0.4": partial(cp_pillar, pillar=0.4, max_points_per_pillar=28),
     "cp-pillar-v0.48": partial(cp_pillar, pillar=0.48, max_points_per_pillar=36),
     "cp-pillar-v0.64": partial(cp_pillar, pillar=0.64, max_points_per_pillar=50),
+    "second": partial(second, width_3d=1.0, width_2d=1.0),
+    "second-s": partial(second, width_3d=0.75, width_2d=0.5),
+    "second-xs": partial(second, width_3d=0.5, width_2d=0.5),
+    "pointpillars": partial(pointpillars, width_encoder=1.0, width_2d=1.0),
+    "pointpillars-s": partial(pointpillars, width_encoder=0.75, width_2d=0.5),
+    "pointpillars-xs": partial(pointpillars, width_encoder=0.5, width_2d=0.5),
 }
+#: Presets with an anchor head: only on datasets whose setup gives anchors.
+ANCHOR_PRESETS = ("second", "second-s", "second-xs", "pointpillars", "pointpillars-s", "pointpillars-xs")
 
 #: Each preset's teacher (a teacher is its own).
 TEACHERS: dict[str, str] = {
-    name: "cp-voxel" if name.startswith("cp-voxel") else "cp-pillar" for name in PRESETS
+    name: next(family for family in ("cp-voxel", "cp-pillar", "second", "pointpillars") if name.startswith(family))
+    for name in PRESETS
 }
 
 
-def list_presets() -> tuple[str, ...]:
-    return tuple(PRESETS)
+def list_presets(dataset: str | None = None) -> tuple[str, ...]:
+    """Every preset, or those offered on ``dataset`` (anchor-head families need the dataset's anchors)."""
+    if dataset is None:
+        return tuple(PRESETS)
+    return tuple(name for name in PRESETS if name not in ANCHOR_PRESETS or DATASETS[dataset].anchors)
 
 
 def list_datasets() -> tuple[str, ...]:
@@ -227,10 +315,10 @@ def _check_name(name: str) -> None:
         raise ValueError(f"unknown detector preset {name!r}; known presets: {list(PRESETS)}")
 
 
-def preset_config(name: str, dataset: str = "synthetic", **overrides) -> CenterPointConfig:
+def preset_config(name: str, dataset: str = "synthetic", **overrides) -> DetectorConfig:
     """The config of preset ``name`` on ``dataset`` with ``overrides`` applied.
 
-    An override key names a :class:`CenterPointConfig` field, or a nested one with dots (pass those
+    An override key names a :class:`DetectorConfig` field, or a nested one with dots (pass those
     as ``**{"head.head_channels": 32}``); a mapping value for a nested config overrides its fields;
     lists become tuples. All overrides are applied before any check, so fields that must agree (a
     pillar's z size and the z range) can change together. An unknown field is an error.
@@ -238,6 +326,9 @@ def preset_config(name: str, dataset: str = "synthetic", **overrides) -> CenterP
     _check_name(name)
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r} for detector presets; known datasets: {list(DATASETS)}")
+    if name in ANCHOR_PRESETS and not DATASETS[dataset].anchors:
+        offered = [key for key, setup in DATASETS.items() if setup.anchors]
+        raise ValueError(f"preset {name!r} (anchor head) is offered on the datasets {offered}, not on {dataset!r}")
     changes: dict = {}
     for key, value in overrides.items():
         *parents, leaf = key.split(".")
@@ -274,6 +365,6 @@ def _as_tuples(value):
     return value
 
 
-def build_detector(name: str, dataset: str = "synthetic", **overrides) -> CenterPoint:
-    """A freshly initialised :class:`CenterPoint` for preset ``name`` on ``dataset``."""
-    return CenterPoint(preset_config(name, dataset, **overrides))
+def build_detector(name: str, dataset: str = "synthetic", **overrides) -> Detector:
+    """A freshly initialised :class:`Detector` for preset ``name`` on ``dataset``."""
+    return Detector(preset_config(name, dataset, **overrides))

@@ -19,7 +19,7 @@ from rdd3d.data.types import ClassTable
 from rdd3d.models.heads.anchor_targets import IGNORED, MATCHING_KINDS, AnchorTargets, assign_anchor_targets
 from rdd3d.models.heads.anchors import AnchorClassConfig, anchor_grid
 from rdd3d.models.heads.box_coder import apply_direction, decode_box_deltas, limit_period
-from rdd3d.models.heads.decode import NMSConfig, _suppress
+from rdd3d.models.heads.decode import NMSConfig, suppress
 from rdd3d.models.heads.prediction import Detections
 
 BOX_CODE_SIZE = 7
@@ -123,6 +123,10 @@ class AnchorLoss(NamedTuple):
     classification: Tensor  # () focal loss
     regression: Tensor  # () smooth-L1 on box deltas
     direction: Tensor  # () direction cross entropy (0 without a direction classifier)
+
+    def terms(self) -> dict[str, Tensor]:
+        """The logged parts, summing to ``total``."""
+        return {"classification": self.classification, "regression": self.regression, "direction": self.direction}
 
 
 def per_anchor(maps: Tensor, num_anchor_types: int) -> Tensor:
@@ -281,6 +285,6 @@ class AnchorHead(nn.Module):
         for task, class_scores, labels in choices:
             keep = class_scores > decode.score_threshold
             kept_boxes, kept_scores, kept_labels = boxes[keep], class_scores[keep], labels[keep]
-            order = _suppress(kept_boxes, kept_scores, decode.nms, task)
+            order = suppress(kept_boxes, kept_scores, decode.nms, task)
             parts.append(Detections(kept_boxes[order], kept_scores[order], kept_labels[order]))
         return Detections(*(torch.cat(values) for values in zip(*parts)))

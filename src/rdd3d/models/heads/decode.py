@@ -10,18 +10,19 @@ from torch import Tensor
 
 from rdd3d.models.heads.prediction import Detections, TaskPrediction, gather_cells
 from rdd3d.models.heads.targets import BEVGrid, decode_boxes
-from rdd3d.models.nms import circle_nms, rotated_nms
+from rdd3d.models.nms import circle_nms, nearest_bev_nms, rotated_nms
 
-NMS_KINDS = ("rotated", "circle", "none")
+NMS_KINDS = ("rotated", "nearest_bev", "circle", "none")
 
 
 @dataclass(frozen=True)
 class NMSConfig:
     """Per-task NMS. ``rotated``: BEV IoU above ``iou_threshold`` suppresses (OpenPCDet's nuScenes
-    CenterPoint: 0.2, 1000 before, 83 after). ``circle``: CenterPoint's, a squared centre distance of at
+    CenterPoint: 0.2, 1000 before, 83 after). ``nearest_bev``: axis-aligned IoU after snapping each yaw
+    to the nearest axis (the RDD paper's KITTI setting, at 0.5). ``circle``: CenterPoint's, a squared centre distance of at
     most ``circle_distances[task]`` m^2 suppresses. ``none``: keep everything."""
 
-    kind: Literal["rotated", "circle", "none"] = "rotated"
+    kind: Literal["rotated", "nearest_bev", "circle", "none"] = "rotated"
     iou_threshold: float = 0.2
     pre_max_size: Optional[int] = 1000
     post_max_size: Optional[int] = 83
@@ -79,10 +80,12 @@ def _top_candidates(prediction: TaskPrediction, grid: BEVGrid, config: DecodeCon
     return _Candidates(boxes, scores, flat // (height * width), keep)
 
 
-def _suppress(boxes: Tensor, scores: Tensor, nms: NMSConfig, task: int) -> Tensor:
+def suppress(boxes: Tensor, scores: Tensor, nms: NMSConfig, task: int = 0) -> Tensor:
     """Indices kept by the task's NMS, best first."""
     if nms.kind == "rotated":
         return rotated_nms(boxes, scores, nms.iou_threshold, nms.pre_max_size, nms.post_max_size)
+    if nms.kind == "nearest_bev":
+        return nearest_bev_nms(boxes, scores, nms.iou_threshold, nms.pre_max_size, nms.post_max_size)
     if nms.kind == "circle":
         return circle_nms(boxes, scores, nms.circle_distances[task], nms.pre_max_size, nms.post_max_size)
     return torch.argsort(scores, descending=True, stable=True)
@@ -105,6 +108,6 @@ def decode_detections(
             keep = candidates.keep[sample]
             boxes, scores = candidates.boxes[sample, keep], candidates.scores[sample, keep]
             labels_here = global_labels[candidates.classes[sample, keep]]
-            kept = _suppress(boxes, scores, config.nms, task)
+            kept = suppress(boxes, scores, config.nms, task)
             detections.append(Detections(boxes[kept], scores[kept], labels_here[kept]))
     return [Detections(*(torch.cat(parts) for parts in zip(*tasks))) for tasks in per_sample]

@@ -38,6 +38,10 @@ class CenterLoss(NamedTuple):
     location: Tensor  # (T,) loc_weight * code-weighted L1, per task
     per_code: Tensor  # (T, code size) unweighted L1 per box code, per task
 
+    def terms(self) -> dict[str, Tensor]:
+        """The logged parts, summing to ``total``."""
+        return {"heatmap": self.heatmap.sum(), "location": self.location.sum()}
+
 
 def clamped_sigmoid(logits: Tensor, eps: float = 1e-4) -> Tensor:
     """Sigmoid kept inside [eps, 1 - eps] so that the focal loss's logs stay finite."""
