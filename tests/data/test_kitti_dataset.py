@@ -76,6 +76,8 @@ def test_frame_000008_points_boxes_and_metadata(fixture_set):
     assert frame.metadata["kitti_dontcare"].names == ("DontCare",) * 4
     np.testing.assert_allclose(frame.metadata["kitti_dontcare"].bbox[0], [800.38, 163.67, 825.45, 184.07])
     assert frame.metadata["kitti_object_index"].tolist() == list(range(6))
+    # Occlusion 3 is beyond hard; the fifth car is 39.6 px high, just too small for easy.
+    assert frame.metadata["difficulty"].tolist() == [-1, 1, -1, 1, 1, 0]
     assert frame.metadata["image_shape"] == (375, 1242)
     assert isinstance(frame.metadata["calib"], KittiCalibration)
     # Boxes3D convention: the centre is half a height above the label's bottom centre.

@@ -92,7 +92,9 @@ def scale(frame: Frame, factor: float) -> Frame:
 
 @dataclass
 class AugmentationConfig:
-    """Ground-truth sampling (off by default), then global augmentation as CenterPoint trains it on nuScenes."""
+    """Ground-truth sampling (off by default), then global flips, rotation and scaling. The defaults are
+    the synthetic world's; the nuScenes configs narrow the rotation to CenterPoint's ±π/8 and KITTI's
+    turn off ``flip_y`` (configs/)."""
 
     gt_sampling: GTSamplingConfig = field(default_factory=GTSamplingConfig)
 

@@ -255,6 +255,18 @@ def _dontcare_cover(gt: _Stacked, det: _Stacked, num_frames: int) -> np.ndarray:
 # ---------------------------------------------------------------- ignore rules
 
 
+def kitti_difficulty(objects: KittiObjects) -> np.ndarray:
+    """``(N,)`` int64 per object: 0 easy, 1 moderate, 2 hard (the easiest level whose height, occlusion
+    and truncation limits it meets, as the metric applies them), -1 beyond hard (OpenPCDet's
+    ``difficulty`` -1, which its ground-truth sampler filters out)."""
+    level = np.full(len(objects.names), -1, dtype=np.int64)
+    for difficulty in reversed(range(len(DIFFICULTIES))):
+        meets = ((objects.occluded <= MAX_OCCLUSION[difficulty]) & (objects.truncated <= MAX_TRUNCATION[difficulty])
+                 & (objects.bbox_height > MIN_HEIGHT[difficulty]))
+        level[meets] = difficulty
+    return level
+
+
 def _ignored(gt: _Stacked, det: _Stacked, class_name: str, difficulty: int) -> tuple[np.ndarray, np.ndarray]:
     """``clean_data``: per ground truth and detection 0 = counts, 1 = ignored, -1 = not this class."""
     current = class_name.lower()

@@ -33,6 +33,7 @@ from rdd3d.evaluation.kitti_format import (
     read_image_shape,
     read_label_file,
 )
+from rdd3d.evaluation.kitti_metrics import kitti_difficulty
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,7 @@ METADATA_KEYS = (
     "kitti_objects",  # KittiObjects: every line of the label file (all types, DontCare included)
     "kitti_dontcare",  # KittiObjects: the DontCare regions only
     "kitti_object_index",  # (M,) int64: each box's row in kitti_objects
+    "difficulty",  # (M,) int64: 0 easy, 1 moderate, 2 hard, -1 beyond (GT sampling can exclude them)
 )
 _FRAME_ID = re.compile(r"[0-9A-Za-z_-]+")
 
@@ -187,7 +189,7 @@ class KittiDataset:
             points = points.select(camera_fov_mask(points.xyz, calib, image_shape))
         metadata: dict = {"calib": calib, "image_shape": image_shape}
         if not self.has_labels:
-            metadata["num_points"] = np.zeros(0, dtype=np.int64)
+            metadata.update(num_points=np.zeros(0, dtype=np.int64), difficulty=np.zeros(0, dtype=np.int64))
             return Frame(frame_id, points, Boxes3D.empty(), np.zeros(0, dtype=np.int64), self.classes, metadata)
         label_path = self.path(frame_id, "label_2")
         objects = read_label_file(label_path)
@@ -204,6 +206,7 @@ class KittiDataset:
             kitti_objects=objects,
             kitti_dontcare=objects.select(objects.is_dontcare),
             kitti_object_index=keep.astype(np.int64),
+            difficulty=kitti_difficulty(objects.select(keep)),
         )
         labels = self.classes.indices([objects.names[i] for i in keep], source=str(label_path))
         return Frame(frame_id, points, boxes, labels, self.classes, metadata)
