@@ -151,6 +151,19 @@ def test_decode_filters_by_score_and_range_and_maps_labels():
     assert detections.boxes.shape == (2, 7)
 
 
+def test_decode_keeps_the_best_of_a_sample_across_tasks():
+    head = _head(class_groups=(("car",), ("truck", "construction_vehicle", "bus", "trailer", "barrier", "motorcycle",
+                                          "bicycle", "pedestrian", "traffic_cone")),
+                 decode=DecodeConfig(nms=NMSConfig(kind="none"), max_per_sample=2))
+    car = _prediction_with_peaks([(0, 10, 20, 0.5, 0.0), (0, 12, 2, 0.8, 0.0)])
+    others = _prediction_with_peaks([(7, 16, 16, 0.6, 0.0), (3, 20, 20, 0.3, 0.0)], num_classes=9)
+    (detections,) = head.decode([car, others])
+    assert detections.scores.tolist() == pytest.approx([0.8, 0.6], abs=1e-6)  # 0.5 and 0.3 fall off
+    assert detections.labels.tolist() == [0, 8]
+    with pytest.raises(ValueError, match="max_per_sample"):
+        DecodeConfig(max_per_sample=0)
+
+
 @pytest.mark.parametrize("nms", [NMSConfig(kind="rotated", iou_threshold=0.2),
                                  NMSConfig(kind="circle", circle_distances=(1.0,))])
 def test_decode_suppresses_neighbouring_peaks(nms):

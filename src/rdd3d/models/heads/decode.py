@@ -41,8 +41,12 @@ class DecodeConfig:
     score_threshold: float = 0.1  # keep scores strictly above
     post_center_range: Optional[tuple[float, ...]] = None  # x_min y_min z_min x_max y_max z_max; None: no filter
     nms: NMSConfig = field(default_factory=NMSConfig)
+    # After merging the tasks: keep the best N of a sample (the paper's nuScenes test setting: 100, no NMS)
+    max_per_sample: Optional[int] = None
 
     def __post_init__(self) -> None:
+        if self.max_per_sample is not None and self.max_per_sample < 1:
+            raise ValueError(f"DecodeConfig.max_per_sample must be >= 1 (or None), got {self.max_per_sample}")
         if self.post_center_range is not None and len(self.post_center_range) != 6:
             raise ValueError(
                 f"DecodeConfig.post_center_range needs 6 values (x_min y_min z_min x_max y_max z_max), "
@@ -110,4 +114,11 @@ def decode_detections(
             labels_here = global_labels[candidates.classes[sample, keep]]
             kept = suppress(boxes, scores, config.nms, task)
             detections.append(Detections(boxes[kept], scores[kept], labels_here[kept]))
-    return [Detections(*(torch.cat(parts) for parts in zip(*tasks))) for tasks in per_sample]
+    merged = [Detections(*(torch.cat(parts) for parts in zip(*tasks))) for tasks in per_sample]
+    if config.max_per_sample is None:
+        return merged
+    capped = []
+    for found in merged:
+        best = found.scores.argsort(descending=True, stable=True)[:config.max_per_sample]
+        capped.append(Detections(*(part[best] for part in found)))
+    return capped
