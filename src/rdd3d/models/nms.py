@@ -48,7 +48,7 @@ def rotated_nms(
     post_max_size: Optional[int] = None,
 ) -> Tensor:
     """``(N, 7+)`` boxes, ``(N,)`` scores: a kept box suppresses those with rotated BEV IoU > ``iou_threshold``."""
-    return _greedy_nms(boxes, scores, lambda b: bev_iou(b, b) > iou_threshold, pre_max_size, post_max_size)
+    return _iou_nms(bev_iou, boxes, scores, iou_threshold, pre_max_size, post_max_size)
 
 
 def nearest_bev_nms(
@@ -60,7 +60,12 @@ def nearest_bev_nms(
 ) -> Tensor:
     """Axis-aligned NMS: each box's yaw snapped to the nearest axis (OpenPCDet's ``nearest_bev``), then
     a kept box suppresses those with axis-aligned BEV IoU > ``iou_threshold``."""
-    return _greedy_nms(boxes, scores, lambda b: nearest_bev_iou(b, b) > iou_threshold, pre_max_size, post_max_size)
+    return _iou_nms(nearest_bev_iou, boxes, scores, iou_threshold, pre_max_size, post_max_size)
+
+
+def _iou_nms(iou: Callable[[Tensor, Tensor], Tensor], boxes: Tensor, scores: Tensor, iou_threshold: float,
+             pre_max_size: Optional[int], post_max_size: Optional[int]) -> Tensor:
+    return _greedy_nms(boxes, scores, lambda b: iou(b, b) > iou_threshold, pre_max_size, post_max_size)
 
 
 def circle_nms(

@@ -165,8 +165,9 @@ def _scaled(channels: int, scale: float) -> int:
     return max(1, int(channels * scale))
 
 
-def cp_voxel(setup: DatasetSetup, width_3d: float, width_2d: float, head_channels: int) -> DetectorConfig:
-    """A CP-Voxel family member; widths relative to the teacher (1, 1, 64)."""
+def _voxel_family(setup: DatasetSetup, backbone_3d: str, width_3d: float, backbone_2d: BEVBackboneConfig,
+                  width_2d: float, head: CenterHeadConfig | AnchorHeadConfig) -> DetectorConfig:
+    """A voxel-family detector (mean VFE, sparse 3D backbone) at the dataset's voxel size."""
     return DetectorConfig(
         classes=setup.classes,
         point_cloud_range=setup.point_cloud_range,
@@ -176,10 +177,16 @@ def cp_voxel(setup: DatasetSetup, width_3d: float, width_2d: float, head_channel
         max_voxels_test=setup.max_voxels[1],
         point_columns=setup.point_columns,
         encoder="mean_vfe",
+        backbone_3d=backbone_3d,
         backbone_3d_width=width_3d * setup.sparse_width_scale,
-        backbone_2d=dataclasses.replace(VOXEL_BEV, width=width_2d * setup.dense_width_scale),
-        head=_head(setup, head_channels),
+        backbone_2d=dataclasses.replace(backbone_2d, width=width_2d * setup.dense_width_scale),
+        head=head,
     )
+
+
+def cp_voxel(setup: DatasetSetup, width_3d: float, width_2d: float, head_channels: int) -> DetectorConfig:
+    """A CP-Voxel family member; widths relative to the teacher (1, 1, 64)."""
+    return _voxel_family(setup, "voxel_res", width_3d, VOXEL_BEV, width_2d, _head(setup, head_channels))
 
 
 def pillar_range(point_cloud_range: tuple[float, ...], pillar: float, multiple: int) -> tuple[float, ...]:
@@ -231,20 +238,7 @@ def _anchor_head(setup: DatasetSetup) -> AnchorHeadConfig:
 
 def second(setup: DatasetSetup, width_3d: float, width_2d: float) -> DetectorConfig:
     """A SECOND family member (mean VFE, plain sparse backbone, anchor head); widths relative to the teacher."""
-    return DetectorConfig(
-        classes=setup.classes,
-        point_cloud_range=setup.point_cloud_range,
-        voxel_size=setup.voxel_size,
-        max_points_per_voxel=setup.max_points_per_voxel,
-        max_voxels_train=setup.max_voxels[0],
-        max_voxels_test=setup.max_voxels[1],
-        point_columns=setup.point_columns,
-        encoder="mean_vfe",
-        backbone_3d="voxel",
-        backbone_3d_width=width_3d * setup.sparse_width_scale,
-        backbone_2d=dataclasses.replace(SECOND_BEV, width=width_2d * setup.dense_width_scale),
-        head=_anchor_head(setup),
-    )
+    return _voxel_family(setup, "voxel", width_3d, SECOND_BEV, width_2d, _anchor_head(setup))
 
 
 def pointpillars(setup: DatasetSetup, width_encoder: float, width_2d: float) -> DetectorConfig:
