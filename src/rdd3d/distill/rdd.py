@@ -9,7 +9,9 @@ One step, for a teacher T and a student S (``[paper]`` the paper states it, ``[o
     disparity   d_i = mean over the grid of ||R̂_i^S - R̂_i^T||² (no gradient), d̃_i = d_i / max_j d_j [ours]
     selection   m*_i = 1 if d̃_i >= λ else 0 (options: top-ρ, soft, all; no gradient)           [paper + ours]
     L_feat      1/(M+N) Σ_i m*_i · dist_i(ψ-pooled student, pooled teacher)                    [paper]
-    L_logit     1/(M+N) Σ_i m*_i · mean L1 of sigmoid heatmaps inside proposal i's Gaussian area [paper + ours]
+    L_logit     1/(M+N) Σ_i m*_i · L1 of the heads' outputs inside proposal i                    [paper + ours]
+                centre heads: sigmoid heatmaps in the box's Gaussian area (class term only);
+                anchor heads: sigmoid class scores + raw box deltas of the anchors centred in the box
 
 and the student's loss is ``L_det + α1·L_feat + α2·L_logit``. Details and the reasons for each
 ``[ours]`` choice are in ``docs/distillation.md`` (section "RDD").
@@ -19,15 +21,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from rdd3d.distill.base import DistillLoss, DistillStep, adapter
+from rdd3d.distill.heads import ANCHOR, HEAD_TAP, anchor_pair, class_logit_maps, step_head_kind
 from rdd3d.distill.proposals import Proposals, select_proposals
-from rdd3d.distill.regions import area_mean, area_sum, gather_area, gaussian_areas, pool_boxes, resample_to
+from rdd3d.distill.regions import (
+    anchor_areas, area_mean, area_sum, gather_area, gaussian_areas, pool_boxes, resample_to,
+)
 
 SELECTIONS = ("threshold", "topk_ratio", "soft", "all")
 FEATURE_DISTANCES = ("mse", "l2", "kl")
@@ -49,12 +54,13 @@ class RDDConfig:
     # [ours] mse: squared difference summed over channels, mean over the grid; l2: the patch's norm;
     # kl: τ²·KL(R̂^T || R̂^S) summed over channels, mean over the grid (gradient scale free of τ and C)
     feature_distance: str = "mse"
-    # [ours] mean: mean L1 over the Gaussian area's cells and classes, mean over heads;
-    # l1: the paper's literal L1 norm (sum over cells, classes and heads)
+    # [ours] mean: mean L1 over the area's cells and classes (centre heads: then the mean over heads; anchor
+    # heads: class and box terms each the mean over the anchors and their classes / codes, then added);
+    # l1: the paper's literal L1 norm (the sums)
     logit_norm: str = "mean"
     use_feature: bool = True  # distil the student's BEV map (ablation: logit only)
     use_logit: bool = True  # distil the student's heatmaps (ablation: feature only)
-    gaussian_overlap: float = 0.1  # [ours] Gaussian area radius as CenterPoint's targets (min overlap)
+    gaussian_overlap: float = 0.1  # [ours] centre heads: Gaussian area radius as CenterPoint's targets (min overlap)
     min_radius: int = 2  # [ours] ... and smallest radius, in teacher map cells
 
     def __post_init__(self) -> None:
@@ -118,18 +124,9 @@ def selection_weights(normalised: Tensor, config: RDDConfig) -> Tensor:
     return torch.ones_like(normalised)
 
 
-def _heatmaps(record: Any) -> list[Tensor]:
-    """A head tap as class-logit maps (B, C, H, W): one tensor, or a sequence of tensors or of objects
-    with a ``heatmap`` field (CenterPoint's TaskPrediction, one per class group)."""
-    if isinstance(record, Tensor):
-        return [record]
-    if hasattr(record, "heatmap"):
-        return [record.heatmap]
-    return [getattr(item, "heatmap", item) for item in record]
-
-
 class RDDLoss(DistillLoss):
-    """RDD's loss terms on the taps ``"bev"`` (neck map, (B, C, H, W)) and ``"head"`` (heatmaps).
+    """RDD's loss terms on the taps ``"bev"`` (neck map, (B, C, H, W)) and ``"head"`` (a centre head's
+    heatmaps or an anchor head's :class:`~rdd3d.models.heads.AnchorPrediction`, see :mod:`rdd3d.distill.heads`).
 
     ψ (1×1 conv + BN + ReLU, ``student_channels -> teacher_channels``) is always built, as the paper's
     Eq. 8 has it, also when the widths agree. ``forward`` returns ``{"rdd/feature": α1·L_feat,
@@ -212,10 +209,16 @@ class RDDLoss(DistillLoss):
         return (student.exp() - teacher.exp()).flatten(1).norm(dim=1)
 
     def _logit_disagreement(self, step: DistillStep, proposals: Proposals) -> Tensor:
-        """Per-pair L1 disagreement of the sigmoid heatmaps inside each proposal's Gaussian area on the
-        teacher's grid (mean or sum, ``logit_norm``) -> (P,); 0 for a proposal centred off the teacher's map."""
-        teacher_maps = _heatmaps(step.teacher.tap("head", "RDD"))
-        student_maps = _heatmaps(step.student.tap("head", "RDD"))
+        """Per-pair L1 disagreement of the two heads inside each proposal (mean or sum, ``logit_norm``) -> (P,)."""
+        if step_head_kind(step, "RDD") == ANCHOR:
+            return self._anchor_disagreement(step, proposals)
+        return self._heatmap_disagreement(step, proposals)
+
+    def _heatmap_disagreement(self, step: DistillStep, proposals: Proposals) -> Tensor:
+        """Centre heads: the sigmoid heatmaps inside each proposal's Gaussian area on the teacher's grid;
+        0 for a proposal centred off the teacher's map."""
+        teacher_maps = class_logit_maps(step.teacher.tap(HEAD_TAP, "RDD"))
+        student_maps = class_logit_maps(step.student.tap(HEAD_TAP, "RDD"))
         if [m.shape[1] for m in teacher_maps] != [m.shape[1] for m in student_maps]:
             raise ValueError(f"RDD: teacher and student heads must predict the same classes per head, got "
                              f"{[m.shape[1] for m in teacher_maps]} and {[m.shape[1] for m in student_maps]} channels")
@@ -233,6 +236,24 @@ class RDDLoss(DistillLoss):
         per_head = torch.stack(per_head)
         combined = per_head.sum(dim=0) if self.config.logit_norm == "l1" else per_head.mean(dim=0)
         return combined * area.on_map
+
+    def _anchor_disagreement(self, step: DistillStep, proposals: Proposals) -> Tensor:
+        """Anchor heads (Eq. 9, both terms): over the anchors whose centres lie in each proposal's box,
+        the L1 of the sigmoid class probabilities (every anchor type, every class) plus the L1 of the raw
+        box deltas (every anchor type, 7 codes), each the mean or the sum (``logit_norm``); 0 for a box
+        holding no anchor location. Teacher and student must share their anchors (same grid)."""
+        pair = anchor_pair(step, "RDD")
+        area = anchor_areas(proposals.boxes, pair.anchors)
+        reduce = area_sum if self.config.logit_norm == "l1" else area_mean
+
+        def disagreement(student_map: Tensor, teacher_map: Tensor, to_compare) -> Tensor:  # (P,)
+            student = to_compare(gather_area(student_map, area, proposals.batch_index))  # (A_cells, A * D)
+            teacher = to_compare(gather_area(teacher_map, area, proposals.batch_index))
+            return reduce((student - teacher).abs(), area)
+
+        classes = disagreement(pair.student.cls_logits, pair.teacher.cls_logits, torch.sigmoid)
+        boxes = disagreement(pair.student.box_deltas, pair.teacher.box_deltas, lambda deltas: deltas)
+        return classes + boxes
 
 
 def _mean_squared_distance(student: Tensor, teacher: Tensor) -> Tensor:

@@ -1,4 +1,5 @@
-"""Reading BEV maps at metric places: rotated box pooling, resampling between grids, Gaussian areas.
+"""Reading BEV maps at metric places: rotated box pooling, resampling between grids, box areas (the
+Gaussian area of a centre head's heatmap, the anchors inside a box for an anchor head).
 
 Every function takes metric coordinates and the map's own :class:`BEVGeometry`, so a teacher and a
 student whose maps differ in voxel size, stride or range are read at the same place in the world.
@@ -8,6 +9,7 @@ at ``j + 0.5`` as :meth:`BEVGeometry.metric_to_cells` does; samples off the map 
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -95,50 +97,109 @@ def resample_to(feature_map: Tensor, source: BEVGeometry, target: BEVGeometry, m
     return F.grid_sample(feature_map, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
-class GaussianArea(NamedTuple):
-    """The cells of each box's Gaussian area on one map, flat over all boxes: a disc of the target
-    assigner's radius about the box's centre cell, cut to the map. Its size follows the boxes (an
-    untrained student's huge boxes cover at most the map), never a padded window."""
+class MapArea(NamedTuple):
+    """The cells of each box's area on one map, flat over all boxes (:func:`gaussian_areas`,
+    :func:`anchor_areas`). Its size follows the boxes (an untrained student's huge boxes cover at most
+    the map), never a padded window."""
 
     owner: Tensor  # (A,) long: the box each cell belongs to
     flat_index: Tensor  # (A,) long: row * W + column on the map
-    count: Tensor  # (K,) long: cells of each box's area, >= 1 (the centre cell always counts)
-    on_map: Tensor  # (K,) bool: the box centre lies on the map
+    count: Tensor  # (K,) long: cells of each box's area
+    on_map: Tensor  # (K,) bool: the box has an area on the map (see each constructor)
 
 
-def gaussian_areas(boxes: Tensor, grid: BEVGrid, gaussian_overlap: float = 0.1, min_radius: int = 2) -> GaussianArea:
+def _window_cells(low: Tensor, high: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Every cell of each box's window, columns ``low[:, 0]..high[:, 0]`` and rows ``low[:, 1]..high[:, 1]``
+    (``(K, 2)`` long, inclusive; an empty window where high < low) -> owner, column, row, all ``(A_window,)``."""
+    span = (high - low + 1).clamp_min(0)  # (K, 2)
+    window = span[:, 0] * span[:, 1]
+    owner = torch.repeat_interleave(torch.arange(low.shape[0], device=low.device), window)  # (A_window,)
+    local = torch.arange(owner.shape[0], device=low.device) - (window.cumsum(0) - window)[owner]
+    return owner, low[owner, 0] + local % span[owner, 0], low[owner, 1] + local // span[owner, 0]
+
+
+def gaussian_areas(boxes: Tensor, grid: BEVGrid, gaussian_overlap: float = 0.1, min_radius: int = 2) -> MapArea:
     """Gaussian areas of ``(K, 7+)`` metric boxes on ``grid``; centre cell and radius as CenterPoint's
     targets place them (:func:`rdd3d.models.heads.targets.box_cells`): the cells at most the radius
-    from the centre cell (``Δcolumn² + Δrow² <= r²``) that lie on the map."""
+    from the centre cell (``Δcolumn² + Δrow² <= r²``) that lie on the map. Every area holds at least its
+    (clamped) centre cell; ``on_map``: the box centre lies on the map."""
     cells = box_cells(boxes, grid, gaussian_overlap, min_radius)
     radius = cells.radius.clamp_max(grid.height + grid.width)  # a wider disc adds no cell of the map
     column, row = cells.cell[:, 0], cells.cell[:, 1]
     low = torch.stack([(column - radius).clamp_min(0), (row - radius).clamp_min(0)], dim=1)  # (K, 2)
     high = torch.stack([(column + radius).clamp_max(grid.width - 1), (row + radius).clamp_max(grid.height - 1)], dim=1)
-    span = high - low + 1  # (K, 2) window around the disc, cut to the map
-    window = span[:, 0] * span[:, 1]
-    owner = torch.repeat_interleave(torch.arange(boxes.shape[0], device=boxes.device), window)  # (A_window,)
-    local = torch.arange(owner.shape[0], device=boxes.device) - (window.cumsum(0) - window)[owner]
-    columns = low[owner, 0] + local % span[owner, 0]
-    rows = low[owner, 1] + local // span[owner, 0]
+    owner, columns, rows = _window_cells(low, high)  # the window around each disc, cut to the map
     in_disc = (columns - column[owner]) ** 2 + (rows - row[owner]) ** 2 <= radius[owner] ** 2
     owner = owner[in_disc]
     flat_index = rows[in_disc] * grid.width + columns[in_disc]
-    return GaussianArea(owner, flat_index, torch.bincount(owner, minlength=boxes.shape[0]), cells.inside)
+    return MapArea(owner, flat_index, torch.bincount(owner, minlength=boxes.shape[0]), cells.inside)
 
 
-def gather_area(feature_map: Tensor, area: GaussianArea, batch_index: Tensor) -> Tensor:
+def _nearest(values: Tensor, positions: Tensor) -> Tensor:
+    """Index of the nearest of the ascending ``positions`` (n,) to each of ``values`` (K,)."""
+    above = torch.searchsorted(positions, values.contiguous()).clamp_max(positions.shape[0] - 1)
+    below = (above - 1).clamp_min(0)
+    return torch.where((values - positions[below]).abs() <= (positions[above] - values).abs(), below, above)
+
+
+def anchor_areas(boxes: Tensor, anchors: Tensor) -> MapArea:
+    """The anchor locations inside ``(K, 7+)`` metric boxes: the cells ``(row, column)`` of an ``(H, W, A, 7)``
+    anchor grid whose anchor centre lies in the box's rotated BEV rectangle (edges included). The anchor
+    types of a location share its centre (x from the column, y from the row, as
+    :func:`rdd3d.models.heads.anchor_grid` lays them out), so a cell stands for its ``A`` anchors.
+
+    A box holding no anchor centre (smaller than the anchor spacing) takes the location nearest its
+    centre when that centre lies within half a spacing of it along both axes, so small objects are
+    seen too; ``on_map``: the box has at least one location."""
+    xs, ys = anchors[0, :, 0, 0].contiguous(), anchors[:, 0, 0, 1].contiguous()  # (W,) (H,) ascending
+    centres = anchors[..., :2]
+    if not (torch.equal(centres[..., 0], xs[None, :, None].expand_as(centres[..., 0]))
+            and torch.equal(centres[..., 1], ys[:, None, None].expand_as(centres[..., 1]))):
+        raise ValueError("anchor_areas: the anchors' x must follow the column and y the row, every anchor type of "
+                         "a location sharing its centre (rdd3d.models.heads.anchor_grid's layout)")
+    boxes = boxes.to(anchors.dtype)
+    x, y, half_length, half_width, yaw = boxes[:, 0], boxes[:, 1], boxes[:, 3] / 2, boxes[:, 4] / 2, boxes[:, 6]
+    cos, sin = torch.cos(yaw), torch.sin(yaw)
+    reach_x = (half_length * cos).abs() + (half_width * sin).abs()  # half the axis-aligned extent
+    reach_y = (half_length * sin).abs() + (half_width * cos).abs()
+    low = torch.stack([torch.searchsorted(xs, (x - reach_x).contiguous()),
+                       torch.searchsorted(ys, (y - reach_y).contiguous())], dim=1)  # (K, 2) column, row
+    high = torch.stack([torch.searchsorted(xs, (x + reach_x).contiguous(), right=True),
+                        torch.searchsorted(ys, (y + reach_y).contiguous(), right=True)], dim=1) - 1
+    owner, columns, rows = _window_cells(low, high)
+    dx, dy = xs[columns] - x[owner], ys[rows] - y[owner]
+    along, across = dx * cos[owner] + dy * sin[owner], -dx * sin[owner] + dy * cos[owner]
+    inside = (along.abs() <= half_length[owner]) & (across.abs() <= half_width[owner])
+    owner, columns, rows = owner[inside], columns[inside], rows[inside]
+
+    # Boxes between anchor centres: the nearest location, if the centre lies within half a spacing of it.
+    empty = torch.bincount(owner, minlength=boxes.shape[0]) == 0
+    near_column, near_row = _nearest(x, xs), _nearest(y, ys)
+
+    def within_half_spacing(values: Tensor, positions: Tensor, index: Tensor) -> Tensor:
+        spacing = (positions[-1] - positions[0]) / (positions.shape[0] - 1) if positions.shape[0] > 1 else math.inf
+        return (values - positions[index]).abs() <= spacing / 2
+
+    fallback = torch.nonzero(empty & within_half_spacing(x, xs, near_column) & within_half_spacing(y, ys, near_row),
+                             as_tuple=True)[0]
+    owner = torch.cat([owner, fallback])
+    flat_index = torch.cat([rows, near_row[fallback]]) * xs.shape[0] + torch.cat([columns, near_column[fallback]])
+    count = torch.bincount(owner, minlength=boxes.shape[0])
+    return MapArea(owner, flat_index, count, count > 0)
+
+
+def gather_area(feature_map: Tensor, area: MapArea, batch_index: Tensor) -> Tensor:
     """``feature_map`` (B, C, H, W) at the areas' cells, box ``k``'s in sample ``batch_index[k]`` -> ``(A, C)``."""
     batch, channels, height, width = feature_map.shape
     cells = feature_map.permute(0, 2, 3, 1).reshape(batch * height * width, channels)  # (B*H*W, C)
     return cells[batch_index[area.owner] * (height * width) + area.flat_index]
 
 
-def area_sum(values: Tensor, area: GaussianArea) -> Tensor:
+def area_sum(values: Tensor, area: MapArea) -> Tensor:
     """``(A, C)`` values at the areas' cells -> ``(K,)`` sum over each box's cells and the channels."""
     return values.new_zeros(area.count.shape[0]).index_add(0, area.owner, values.sum(dim=1))
 
 
-def area_mean(values: Tensor, area: GaussianArea) -> Tensor:
+def area_mean(values: Tensor, area: MapArea) -> Tensor:
     """``(A, C)`` values at the areas' cells -> ``(K,)`` mean over each box's cells and the channels."""
     return area_sum(values, area) / (area.count.clamp_min(1) * values.shape[1])

@@ -1,5 +1,6 @@
 """The RDD paper's baseline distillation methods, each a :class:`~rdd3d.distill.base.DistillLoss` on the
-same taps as RDD (``bev``: the neck map; ``head``: the CenterPoint head's per-task predictions)::
+same taps as RDD (``bev``: the neck map; ``head``: the CenterPoint head's per-task predictions or the
+anchor head's :class:`~rdd3d.models.heads.AnchorPrediction`, see :mod:`rdd3d.distill.heads`)::
 
     loss = build_baseline("fg", None, student_channels=96, teacher_channels=192)
     loss = build_baseline("pp-logit", PPLogitConfig.for_student("cp-voxel-xs"), 96, 192)

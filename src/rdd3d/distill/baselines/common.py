@@ -1,9 +1,10 @@
 """What the baseline methods share: reading taps, putting the student's maps on the teacher's grid,
-masks of box areas, and the binary KL divergence of heatmaps.
+masks of box areas, and the binary KL divergence of class scores.
 
 Every baseline compares the two models on the **teacher's grid**: a student map of another voxel
 or pillar size (or range) is read bilinearly at the metric centres of the teacher's cells
-(:func:`rdd3d.distill.regions.resample_to`), so a cell compares the same place in the world.
+(:func:`rdd3d.distill.regions.resample_to`), so a cell compares the same place in the world. Anchor
+heads are compared anchor by anchor on the anchors both share (:mod:`rdd3d.distill.heads`).
 """
 
 from __future__ import annotations
@@ -15,12 +16,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rdd3d.distill.base import BEVGeometry, DistillLoss, DistillStep, adapter
-from rdd3d.distill.regions import gaussian_areas, resample_to
-from rdd3d.models.heads import TaskPrediction
+from rdd3d.distill.heads import ANCHOR, HEAD_TAP, anchor_pair, step_head_kind
+from rdd3d.distill.regions import MapArea, gaussian_areas, resample_to
+from rdd3d.models.heads import AnchorLossConfig, TaskPrediction
 
-#: Tap names the baselines read (:data:`rdd3d.distill.taps.CENTERPOINT_TAPS` declares both).
-FEATURE_TAP = "bev"  # (B, C, H, W) BEV neck map
-HEAD_TAP = "head"  # tuple of TaskPrediction, one per class group
+#: The neck-map tap the feature baselines read, (B, C, H, W); the head tap is ``heads.HEAD_TAP``
+#: (:data:`rdd3d.distill.taps.CENTERPOINT_TAPS` declares both).
+FEATURE_TAP = "bev"
+#: Smooth-L1 β of the anchor-box regression KD terms: the anchor head's own regression loss default.
+ANCHOR_SMOOTH_L1_BETA = AnchorLossConfig().smooth_l1_beta
 
 
 class AdapterLoss(DistillLoss):
@@ -59,7 +63,9 @@ def adapted_features(step: DistillStep, psi: nn.Module, method: str) -> tuple[Te
 
 
 def task_predictions(step: DistillStep, method: str) -> tuple[Sequence[TaskPrediction], Sequence[TaskPrediction]]:
-    """The (student, teacher) head outputs; both heads must predict the same classes in the same tasks."""
+    """The (student, teacher) centre-head outputs; both heads must predict the same classes in the same tasks."""
+    if step_head_kind(step, method) == ANCHOR:
+        raise ValueError(f"{method}: reads centre-head (CenterPoint) predictions, but both models have anchor heads")
     student = step.student.tap(HEAD_TAP, method)
     teacher = step.teacher.tap(HEAD_TAP, method)
     student_classes = [task.heatmap.shape[1] for task in student]
@@ -71,7 +77,12 @@ def task_predictions(step: DistillStep, method: str) -> tuple[Sequence[TaskPredi
 
 
 def heatmap_logits(step: DistillStep, method: str) -> list[tuple[Tensor, Tensor]]:
-    """Per task: (student logits on the teacher's grid, detached teacher logits), both (B, C_task, H, W)."""
+    """Class logits to compare cell by cell. Centre heads, per task: (student logits on the teacher's grid,
+    detached teacher logits), both (B, C_task, H, W). Anchor heads: one pair of class-logit maps
+    (B, A * C, H, W) on the anchors both share."""
+    if step_head_kind(step, method) == ANCHOR:
+        pair = anchor_pair(step, method)
+        return [(pair.student.cls_logits, pair.teacher.cls_logits)]
     student, teacher = task_predictions(step, method)
     pairs = []
     for student_task, teacher_task in zip(student, teacher):
@@ -88,20 +99,27 @@ def binary_kl_with_logits(teacher_logits: Tensor, student_logits: Tensor) -> Ten
             + (1 - p) * (F.logsigmoid(-teacher_logits) - F.logsigmoid(-student_logits)))
 
 
+def mask_of(area: MapArea, batch_index: Tensor, batch_size: int, size: tuple[int, int]) -> Tensor:
+    """``(B, H, W)`` bool: the cells of ``area`` (box ``k``'s in sample ``batch_index[k]``), boxes not on
+    the map left out."""
+    height, width = size
+    mask = torch.zeros(batch_size * height * width, dtype=torch.bool, device=batch_index.device)
+    keep = area.on_map[area.owner]  # (A,) cells of boxes on the map
+    flat = batch_index[area.owner] * (height * width) + area.flat_index
+    mask[flat[keep]] = True
+    return mask.view(batch_size, height, width)
+
+
 def area_mask(
     boxes: Tensor, batch_index: Tensor, batch_size: int, geometry: BEVGeometry, size: tuple[int, int],
     gaussian_overlap: float, min_radius: int,
 ) -> Tensor:
     """``(B, H, W)`` bool: the cells of the Gaussian areas (disc about the centre cell, CenterPoint's target
     radius) of metric ``boxes`` (K, 7+) in samples ``batch_index`` (K,); boxes centred off the map mark none."""
-    height, width = size
-    mask = torch.zeros(batch_size * height * width, dtype=torch.bool, device=boxes.device)
-    if boxes.shape[0]:
-        area = gaussian_areas(boxes, geometry.grid(size), gaussian_overlap, min_radius)
-        keep = area.on_map[area.owner]  # (A,) cells of boxes centred on the map
-        flat = batch_index[area.owner] * (height * width) + area.flat_index
-        mask[flat[keep]] = True
-    return mask.view(batch_size, height, width)
+    if not boxes.shape[0]:
+        return torch.zeros(batch_size, *size, dtype=torch.bool, device=boxes.device)
+    return mask_of(gaussian_areas(boxes, geometry.grid(size), gaussian_overlap, min_radius), batch_index,
+                   batch_size, size)
 
 
 def flatten_boxes(per_sample: Sequence[Tensor]) -> tuple[Tensor, Tensor]:

@@ -2,7 +2,8 @@
 
 **General instances** (GID's GISM), per sample: the candidates are both models' decoded detections;
 a candidate's GI score is ``max over classes |p_T − p_S|``, each model's class probabilities read at
-the map cell holding the candidate's centre (on its own grid); greedy rotated NMS at IoU 0.3 over the
+the map cell holding the candidate's centre (on its own grid; for anchor heads, every anchor type's
+classes at that cell, both heads sharing their anchors); greedy rotated NMS at IoU 0.3 over the
 candidates ordered by GI score keeps the ``max_instances`` (10) most disagreeing, class-agnostic.
 GID scores every anchor; reading only where one of the models detects something (score > its decode
 threshold) skips places where both are below it, whose discrepancy is below it too. A candidate keeps
@@ -12,6 +13,9 @@ its own detector's box (GID takes the box of the model scoring higher at the pla
   student's class probabilities, summed over classes, over the cells of the instances' Gaussian areas
   on the teacher's grid, divided by their count; GID's response weight 0.1. Only the class response:
   a centre head's box codes are in cell units, and RDD keeps the class term alone for centre heads.
+  Anchor heads: both responses over the anchor locations whose anchor centre lies in an instance box —
+  the binary KL summed over anchor types and classes (``gid-l/logit``) and the smooth L1 of the box
+  deltas summed over anchor types and codes (``gid-l/regression``), each divided by the locations' count.
 * **GID-F** (``gid-f``): features at the instances — each instance's box pooled on the teacher's neck
   and on ψ(student neck) (rotated 7×7 grid, each map through its own geometry), squared difference
   summed over channels and averaged over instances and grid points (weight λ1 = 5e-3); plus GID's
@@ -30,6 +34,7 @@ from torch import Tensor
 
 from rdd3d.distill.base import DistillLoss, DistillStep, ModelView
 from rdd3d.distill.baselines.common import (
+    ANCHOR_SMOOTH_L1_BETA,
     FEATURE_TAP,
     HEAD_TAP,
     AdapterLoss,
@@ -40,18 +45,21 @@ from rdd3d.distill.baselines.common import (
     heatmap_logits,
     keep_in_graph,
     map_size,
+    mask_of,
     task_predictions,
 )
+from rdd3d.distill.heads import ANCHOR, anchor_pair, class_logit_maps, step_head_kind
 from rdd3d.distill.proposals import Proposals, select_proposals
-from rdd3d.distill.regions import pool_boxes
+from rdd3d.distill.regions import anchor_areas, pool_boxes
 from rdd3d.models.heads import Detections
 
 
 def class_probabilities_at(view: ModelView, xy: Tensor, batch_index: Tensor, method: str) -> Tensor:
     """Every class's probability (tasks concatenated) at the cell holding each metric point ``xy`` (K, 2)
-    of sample ``batch_index`` (K,) on the model's own map -> (K, C_all), no gradient."""
-    heads = view.tap(HEAD_TAP, method)
-    probabilities = torch.cat([task.heatmap.detach() for task in heads], dim=1).sigmoid()  # (B, C_all, H, W)
+    of sample ``batch_index`` (K,) on the model's own map -> (K, C_all), no gradient (anchor heads: C_all is
+    every anchor type's classes)."""
+    maps = class_logit_maps(view.tap(HEAD_TAP, method))
+    probabilities = torch.cat([logits.detach() for logits in maps], dim=1).sigmoid()  # (B, C_all, H, W)
     height, width = map_size(probabilities)
     cells = view.geometry.metric_to_cells(xy).floor().long()  # (K, 2) column, row
     columns, rows = cells[:, 0].clamp(0, width - 1), cells[:, 1].clamp(0, height - 1)
@@ -60,7 +68,11 @@ def class_probabilities_at(view: ModelView, xy: Tensor, batch_index: Tensor, met
 
 def select_general_instances(step: DistillStep, max_instances: int, nms_iou: float, method: str) -> Proposals:
     """GID's general instances of the batch; ``scores`` holds their GI scores."""
-    task_predictions(step, method)  # raises when the two heads predict different classes
+    # Raise unless the two heads' class channels mean the same: same classes per task, or the same anchors.
+    if step_head_kind(step, method) == ANCHOR:
+        anchor_pair(step, method)
+    else:
+        task_predictions(step, method)
     boxes, labels = [], []
     for found_t, found_s in zip(step.teacher.detections(), step.student.detections()):
         columns = min(found_t.boxes.shape[1], found_s.boxes.shape[1])
@@ -79,7 +91,7 @@ class GIDLogitConfig:
     weight: float = 0.1  # GID's response weight
     max_instances: int = 10  # GID's K per sample
     nms_iou: float = 0.3  # GID's GISM NMS
-    gaussian_overlap: float = 0.1  # Gaussian areas as CenterPoint's targets draw them
+    gaussian_overlap: float = 0.1  # centre heads: Gaussian areas as CenterPoint's targets draw them
     min_radius: int = 2
 
     def __post_init__(self) -> None:
@@ -87,7 +99,7 @@ class GIDLogitConfig:
 
 
 class GIDLogitLoss(DistillLoss):
-    """GID-L. Terms: ``gid-l/logit``."""
+    """GID-L. Terms: ``gid-l/logit``; with anchor heads also ``gid-l/regression``."""
 
     def __init__(self, config: GIDLogitConfig) -> None:
         super().__init__()
@@ -96,12 +108,27 @@ class GIDLogitLoss(DistillLoss):
     def forward(self, step: DistillStep) -> dict[str, Tensor]:
         config = self.config
         instances = select_general_instances(step, config.max_instances, config.nms_iou, "gid-l")
+        if step_head_kind(step, "gid-l") == ANCHOR:
+            return self._anchor_responses(step, instances)
         pairs = heatmap_logits(step, "gid-l")  # per task (student, teacher), (B, C_task, H, W) each
         teacher_map = pairs[0][1]
         mask = area_mask(instances.boxes, instances.batch_index, teacher_map.shape[0], step.teacher.geometry,
                          map_size(teacher_map), config.gaussian_overlap, config.min_radius)  # (B, H, W)
         divergence = sum(binary_kl_with_logits(teacher, student).sum(dim=1) for student, teacher in pairs)
         return {"gid-l/logit": config.weight * (divergence * mask).sum() / mask.sum().clamp_min(1)}
+
+    def _anchor_responses(self, step: DistillStep, instances: Proposals) -> dict[str, Tensor]:
+        pair = anchor_pair(step, "gid-l")
+        student, teacher = pair.student, pair.teacher
+        mask = mask_of(anchor_areas(instances.boxes, pair.anchors), instances.batch_index,
+                       teacher.cls_logits.shape[0], pair.map_size)  # (B, H, W)
+        count = mask.sum().clamp_min(1)
+        divergence = binary_kl_with_logits(teacher.cls_logits, student.cls_logits).sum(dim=1)  # (B, H, W)
+        regression = F.smooth_l1_loss(student.box_deltas, teacher.box_deltas, reduction="none",
+                                      beta=ANCHOR_SMOOTH_L1_BETA).sum(dim=1)
+        weight = self.config.weight
+        return {"gid-l/logit": weight * (divergence * mask).sum() / count,
+                "gid-l/regression": weight * (regression * mask).sum() / count}
 
 
 @dataclass(frozen=True)

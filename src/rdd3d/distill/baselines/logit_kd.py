@@ -1,4 +1,4 @@
-"""Plain logit KD (Hinton et al., 2015) on the heatmaps: the simplest reference.
+"""Plain logit KD (Hinton et al., 2015) on the class scores: the simplest reference.
 
 Every cell and class of every task is a binary distribution; with temperature ``T`` the student's
 ``σ(z_S / T)`` follows the teacher's ``σ(z_T / T)`` everywhere on the map (no region choice):
@@ -8,7 +8,9 @@ Every cell and class of every task is a binary distribution; with temperature ``
 ``D`` is the binary KL divergence (``divergence: kl``) or the squared difference (``mse``). The sum is
 divided by the number of objects, as CenterPoint's focal loss is, so that ``weight = 1`` weighs the
 distillation like the heatmap loss: averaged over every cell of a map that is mostly background, the
-signal would vanish. The student's logits are resampled to the teacher's grid first.
+signal would vanish. The student's logits are resampled to the teacher's grid first. Anchor heads: the
+same over every anchor (type, class) of the class-logit maps, both heads sharing their anchors; the term
+is then ``kd/class``.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ import torch
 from torch import Tensor
 
 from rdd3d.distill.base import DistillLoss, DistillStep
-from rdd3d.distill.baselines.common import binary_kl_with_logits, check_at_least, heatmap_logits
+from rdd3d.distill.baselines.common import HEAD_TAP, binary_kl_with_logits, check_at_least, heatmap_logits
+from rdd3d.distill.heads import ANCHOR, head_kind
 
 DIVERGENCES = ("kl", "mse")
 
@@ -39,7 +42,7 @@ class LogitKDConfig:
 
 
 class LogitKDLoss(DistillLoss):
-    """Terms: ``kd/heatmap``."""
+    """Terms: ``kd/heatmap`` (anchor heads: ``kd/class``)."""
 
     def __init__(self, config: LogitKDConfig) -> None:
         super().__init__()
@@ -55,4 +58,5 @@ class LogitKDLoss(DistillLoss):
             else:
                 total = total + (torch.sigmoid(student) - torch.sigmoid(teacher)).pow(2).sum()
         objects = max(1, sum(int(boxes.shape[0]) for boxes in step.batch.gt_boxes))
-        return {"kd/heatmap": self.config.weight * temperature ** 2 * total / objects}
+        name = "kd/class" if head_kind(step.teacher.tap(HEAD_TAP, "kd")) == ANCHOR else "kd/heatmap"
+        return {name: self.config.weight * temperature ** 2 * total / objects}
