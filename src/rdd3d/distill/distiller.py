@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from rdd3d.data.collate import DetectionBatch
 from rdd3d.distill.base import BEVGeometry, DetectionLoss, DistillLoss, DistillStep, ModelView
-from rdd3d.distill.taps import CENTERPOINT_TAPS, TapRecorder, TapSpec
+from rdd3d.distill.taps import DETECTOR_TAPS, TapRecorder, TapSpec
 from rdd3d.engine.detection_task import detection_loss_terms
 
 
@@ -24,7 +24,7 @@ class Distiller(nn.Module):
         teacher: nn.Module,
         student: nn.Module,
         losses: Sequence[DistillLoss],
-        taps: Mapping[str, TapSpec] = CENTERPOINT_TAPS,
+        taps: Mapping[str, TapSpec] = DETECTOR_TAPS,
         detection_loss: DetectionLoss = detection_loss_terms,
     ) -> None:
         super().__init__()

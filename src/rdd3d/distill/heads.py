@@ -24,7 +24,7 @@ from torch import Tensor
 from rdd3d.distill.base import DistillStep, ModelView
 from rdd3d.models.heads import AnchorPrediction
 
-#: The tap holding the head's output (:data:`rdd3d.distill.taps.CENTERPOINT_TAPS` declares it).
+#: The tap holding the head's output (:data:`rdd3d.distill.taps.DETECTOR_TAPS` declares it).
 HEAD_TAP = "head"
 CENTRE, ANCHOR = "centre head", "anchor head"
 

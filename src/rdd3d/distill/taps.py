@@ -18,10 +18,10 @@ class TapSpec:
     field: str | None = None  # keep only this attribute of the module's output (e.g. "features")
 
 
-#: Taps of rdd3d's CenterPoint: the BEV neck map and the head's per-task predictions.
-CENTERPOINT_TAPS: dict[str, TapSpec] = {
+#: Taps of rdd3d's detectors: the BEV neck map and the head's predictions.
+DETECTOR_TAPS: dict[str, TapSpec] = {
     "bev": TapSpec("backbone_2d", "features"),  # (B, C, H, W)
-    "head": TapSpec("head"),  # tuple of TaskPrediction, one per class group
+    "head": TapSpec("head"),  # CenterHead: tuple of TaskPrediction, one per class group; AnchorHead: AnchorPrediction
 }
 
 

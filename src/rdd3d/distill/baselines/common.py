@@ -21,7 +21,7 @@ from rdd3d.distill.regions import MapArea, gaussian_areas, resample_to
 from rdd3d.models.heads import AnchorLossConfig, TaskPrediction
 
 #: The neck-map tap the feature baselines read, (B, C, H, W); the head tap is ``heads.HEAD_TAP``
-#: (:data:`rdd3d.distill.taps.CENTERPOINT_TAPS` declares both).
+#: (:data:`rdd3d.distill.taps.DETECTOR_TAPS` declares both).
 FEATURE_TAP = "bev"
 #: Smooth-L1 β of the anchor-box regression KD terms: the anchor head's own regression loss default.
 ANCHOR_SMOOTH_L1_BETA = AnchorLossConfig().smooth_l1_beta
