@@ -1,6 +1,7 @@
 """The paper's experiment configs (configs/nuscenes, configs/kitti): every file loads through the real
 loader in the combinations docs/reproduce.md runs, builds its preset and distillation method, and a
-row runs end to end (train, distil, evaluate) on the real fixture frames through the command line."""
+row runs end to end (train, distil, evaluate) on the real fixture frames through the command line
+(a CenterPoint row on each dataset, an anchor-head row of Table 4 on KITTI)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from torch import nn
 
 from rdd3d.cli import main
 from rdd3d.data.gt_sampling import build_gt_database
@@ -25,12 +27,21 @@ from data.test_nuscenes_real import TOKEN, fixture_info
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 PAPER_DATASETS = ("nuscenes", "kitti")
-#: The rows these folders hold: the CenterPoint teachers and students of Table 3 (SECOND and PointPillars,
-#: Table 4, come with their own configs).
+#: The CenterPoint teachers and students of Table 3: a row on both datasets.
 CENTERPOINT_PRESETS = ("cp-voxel", "cp-voxel-s", "cp-voxel-xs", "cp-voxel-xxs",
                        "cp-pillar", "cp-pillar-v0.4", "cp-pillar-v0.48", "cp-pillar-v0.64")
-STUDENTS = tuple(name for name in CENTERPOINT_PRESETS if TEACHERS[name] != name)
+#: SECOND and PointPillars with their students, Table 4 (anchor heads): rows on KITTI only.
+TABLE4_PRESETS = ("second", "second-s", "second-xs", "pointpillars", "pointpillars-s", "pointpillars-xs")
+ROWS: dict[str, tuple[str, ...]] = {"nuscenes": CENTERPOINT_PRESETS, "kitti": CENTERPOINT_PRESETS + TABLE4_PRESETS}
+DATASET_ROWS = [(dataset, preset) for dataset, presets in ROWS.items() for preset in presets]
 DISTILL_METHODS = tuple(method for method in METHODS if method != "none")
+
+
+def students(dataset: str) -> tuple[str, ...]:
+    return tuple(preset for preset in ROWS[dataset] if TEACHERS[preset] != preset)
+
+
+DATASET_STUDENTS = [(dataset, student) for dataset in PAPER_DATASETS for student in students(dataset)]
 
 
 def base(dataset: str) -> Path:
@@ -52,25 +63,44 @@ def distill_config(dataset: str, student: str, method: str) -> RunConfig:
 
 
 @lru_cache(maxsize=None)
+def row_detector(preset: str, dataset: str) -> nn.Module:
+    """The detector a row's files build (cached: the method tests build every pair's)."""
+    return build_model(load_run_config([base(dataset), row(dataset, preset)]))
+
+
 def neck_channels(preset: str, dataset: str) -> int:
-    config = load_run_config([base(dataset), row(dataset, preset)])
-    return build_model(config).backbone_2d.out_channels
+    return row_detector(preset, dataset).backbone_2d.out_channels
 
 
 @pytest.mark.parametrize("dataset", PAPER_DATASETS)
 def test_the_folder_holds_exactly_the_documented_rows(dataset):
     found = {path.relative_to(CONFIGS / dataset).as_posix() for path in (CONFIGS / dataset).rglob("*.yaml")}
-    assert set(CENTERPOINT_PRESETS) <= set(list_presets())
-    rows = (f"{preset}.yaml" for preset in CENTERPOINT_PRESETS)
+    assert set(ROWS[dataset]) <= set(list_presets(dataset))  # each row's preset is offered on its dataset
+    rows = (f"{preset}.yaml" for preset in ROWS[dataset])
     assert found == {"_base.yaml", *rows, *(f"methods/{method}.yaml" for method in DISTILL_METHODS)}
 
 
-@pytest.mark.parametrize("dataset", PAPER_DATASETS)
-@pytest.mark.parametrize("preset", CENTERPOINT_PRESETS)
+@pytest.mark.parametrize("dataset, preset", DATASET_ROWS)
 def test_teacher_and_student_rows_load_and_build(dataset, preset):
     config = load_run_config([base(dataset), row(dataset, preset)])
     assert (config.model.preset, config.data.dataset, config.distill.method) == (preset, dataset, "none")
     assert neck_channels(preset, dataset) > 0  # the detector of this row builds on this dataset
+    # A row names its detector and, for a student, PP-Logit's weights: the schedule, data and
+    # augmentation stay the base's, as the paper trains every row of a table alike.
+    options = yaml.safe_load(row(dataset, preset).read_text())
+    assert options.pop("model") == {"preset": preset}
+    if TEACHERS[preset] != preset:
+        assert list(options.pop("distill")) == ["pp_logit"]
+    assert options == {}
+
+
+@pytest.mark.parametrize("preset, kind, iou", [
+    *((preset, "nearest_bev", 0.5) for preset in TABLE4_PRESETS),  # [paper] axis-aligned NMS 0.5 on KITTI
+    *((preset, "rotated", 0.01) for preset in CENTERPOINT_PRESETS),  # OpenPCDet's CenterPoint KITTI decoding
+])
+def test_kitti_rows_decode_with_their_nms(preset, kind, iou):
+    nms = row_detector(preset, "kitti").head.config.decode.nms
+    assert (nms.kind, nms.iou_threshold) == (kind, iou)
 
 
 @pytest.mark.parametrize("dataset", PAPER_DATASETS)
@@ -85,14 +115,15 @@ def test_method_files_load_after_a_student_and_build_for_every_pair(dataset, met
     options = config.distill.method_options()
     for name, value in file_options[block].items():
         assert getattr(options, name) == value, name
-    for student in STUDENTS:  # every pair's channels (and for the pillar students, its two map resolutions)
+    # Every pair's channels (and for the CP-Pillar students, its two map resolutions; on KITTI also the
+    # anchor-head pairs of Table 4).
+    for student in students(dataset):
         teacher = TEACHERS[student]
         losses = build_method(config.distill, neck_channels(student, dataset), neck_channels(teacher, dataset))
         assert len(losses) == 1
 
 
-@pytest.mark.parametrize("dataset", PAPER_DATASETS)
-@pytest.mark.parametrize("student", STUDENTS)
+@pytest.mark.parametrize("dataset, student", DATASET_STUDENTS)
 def test_student_rows_carry_sparsekds_pp_logit_setting(dataset, student):
     config = distill_config(dataset, student, "pp-logit")
     assert config.model.preset == student and config.distill.pp_logit == PPLogitConfig.for_student(student)
@@ -104,9 +135,11 @@ def test_method_files_agree_across_datasets(method):
     assert nuscenes == kitti
 
 
-@pytest.mark.parametrize("dataset, epochs, peak_lr", [("nuscenes", 20, 1e-3), ("kitti", 80, 3e-3)])
-def test_schedule_and_ground_truth_sampling(dataset, epochs, peak_lr):
-    config = load_run_config([base(dataset), row(dataset, "cp-voxel")])
+@pytest.mark.parametrize("dataset, preset, epochs, peak_lr", [
+    ("nuscenes", "cp-voxel", 20, 1e-3), ("kitti", "cp-voxel", 80, 3e-3), ("kitti", "second", 80, 3e-3),
+])
+def test_schedule_and_ground_truth_sampling(dataset, preset, epochs, peak_lr):
+    config = load_run_config([base(dataset), row(dataset, preset)])
     optim = config.optim
     assert (config.trainer.epochs, optim.lr, optim.weight_decay) == (epochs, peak_lr, 0.01)
     if dataset == "nuscenes":  # [paper] one-cycle 1e-4 -> 1e-3 -> 1e-8
@@ -163,17 +196,18 @@ def _nuscenes_files(real_data: Path, tmp_path: Path) -> tuple[Path, list[str]]:
                       *(f"data.augmentation.gt_sampling.sample_counts.{name}=0" for name in absent)]
 
 
-@pytest.mark.parametrize("dataset", PAPER_DATASETS)
-def test_a_row_trains_distils_and_evaluates_on_real_frames(dataset, real_data, tmp_path):
+@pytest.mark.parametrize("dataset, student", [("nuscenes", "cp-voxel-xxs"), ("kitti", "cp-voxel-xxs"),
+                                              ("kitti", "second-xs")])
+def test_a_row_trains_distils_and_evaluates_on_real_frames(dataset, student, real_data, tmp_path):
     """The documented commands, at one step on one real frame: a no-KD run (the teacher's stand-in),
     an RDD run distilled from its checkpoint, and the evaluation writing the dataset's result files."""
     database, data = (_nuscenes_files if dataset == "nuscenes" else _kitti_files)(real_data, tmp_path)
-    # 20 candidates per head: an untrained model's NMS over 500 would cost most of the run.
+    # 20 candidates per head (the anchor head: before its NMS): an untrained model's NMS over 500 (4096)
+    # would cost most of the run.
+    few = "{head.decode.nms.pre_max_size: 20}" if student in TABLE4_PRESETS else "{head.decode.max_per_task: 20}"
     tiny = ["device=cpu", "trainer.amp=false", "trainer.epochs=1", "trainer.batch_size=1", "trainer.num_workers=0",
-            "model.overrides={head.decode.max_per_task: 20}", f"data.augmentation.gt_sampling.database={database}",
-            *data]
+            f"model.overrides={few}", f"data.augmentation.gt_sampling.database={database}", *data]
     sets = [argument for value in tiny for argument in ("--set", value)]
-    student = "cp-voxel-xxs"
     configs = ["--config", str(base(dataset)), "--config", str(row(dataset, student))]
     teacher_dir, student_dir = tmp_path / "teacher", tmp_path / "rdd"
     assert main(["train", *configs, *sets, "--set", f"output_dir={teacher_dir}"]) == 0
