@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
+import torch
 from omegaconf import OmegaConf
 from torch import nn
 
@@ -47,19 +48,27 @@ def distill_student(config: RunConfig, resume: str | None = None) -> TrainingRes
         return train_detector(config, resume)
     if not config.distill.teacher_checkpoint:
         raise ValueError("distill.teacher_checkpoint is empty: give the teacher's checkpoint (--teacher)")
+    return _run(config, resume, lambda context: distillation_trainee(config, context.device))
 
-    def make_trainee(context: DistributedContext) -> nn.Module:
-        teacher, teacher_config = detector_from_checkpoint(config.distill.teacher_checkpoint, context.device)
+
+def distillation_trainee(config: RunConfig, device) -> Distiller:
+    """The frozen teacher, the student and the method's losses, wrapped for training.
+
+    The student is built first, from the freshly seeded generator exactly as a no-KD run builds it, and
+    the teacher and the losses are built on a forked generator: a distilled run and the no-KD run of
+    the same seed start from the same student weights, so a benchmark's rows differ by their
+    distillation only, not by their initialisation.
+    """
+    student = build_model(config)
+    with torch.random.fork_rng(devices=[]):
+        teacher, teacher_config = detector_from_checkpoint(config.distill.teacher_checkpoint, device)
         if teacher_config.data.dataset != config.data.dataset:
             raise ValueError(f"teacher {config.distill.teacher_checkpoint} was trained on "
                              f"{teacher_config.data.dataset!r}, the student trains on {config.data.dataset!r}")
-        student = build_model(config)
         if config.distill.init_from_teacher:
             init_student_from_teacher(student, teacher.state_dict())
         losses = build_method(config.distill, student.backbone_2d.out_channels, teacher.backbone_2d.out_channels)
-        return Distiller(teacher, student, losses)
-
-    return _run(config, resume, make_trainee)
+    return Distiller(teacher, student, losses)
 
 
 def _run(config: RunConfig, resume: str | None, make_trainee: Callable[[DistributedContext], nn.Module]):
