@@ -92,7 +92,7 @@ def test_flops_report_measures_the_teacher_for_the_ratio(synthetic_points):
 @pytest.mark.slow
 def test_nuscenes_ratios_are_the_papers(real_data):
     """Student / teacher MACs on the real nuScenes sweep within 3 points of the paper's ratios."""
-    report = flops_report(list_presets(), "nuscenes", reference_points("nuscenes"))
+    report = flops_report(list_presets("nuscenes"), "nuscenes", reference_points("nuscenes"))
     for row in report.rows:
         assert row.macs_ratio == pytest.approx(row.paper_macs_ratio, abs=0.03), row.preset
         assert PAPER_GFLOPS[row.preset] == row.paper_gflops
@@ -114,3 +114,14 @@ def test_counter_reproduces_the_papers_cp_pillar_on_its_waymo_geometry(name, pil
     points = torch.rand(2000, 5) * torch.tensor([100.0, 100.0, 4.0, 1.0, 0.0]) - torch.tensor([50.0, 50.0, 1.0, 0, 0])
     macs = count_macs(Detector(preset_config(name, "nuscenes", **waymo)), [points]).macs
     assert macs / 1e9 == pytest.approx(PAPER_GFLOPS[name], rel=0.02)
+
+
+@pytest.mark.slow
+def test_kitti_anchor_students_keep_the_papers_ratios(real_data):
+    """SECOND-S and PointPillars-XS on the real KITTI scan: MACs and parameter ratios within 3 points of Table 4's."""
+    report = flops_report(["second-s", "pointpillars-xs"], "kitti", reference_points("kitti"))
+    for row in report.rows:
+        assert row.macs_ratio == pytest.approx(row.paper_macs_ratio, abs=0.03), row.preset
+    second_s = report.rows[0]
+    assert second_s.params_ratio == pytest.approx(second_s.paper_params_ratio, abs=0.03)
+    assert second_s.macs == pytest.approx(23.0e9, rel=0.05)  # the paper's 23.0 GFLOPs
