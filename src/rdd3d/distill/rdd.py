@@ -148,7 +148,7 @@ class RDDLoss(DistillLoss):
         teacher, student = self._patches(step, proposals, detach_student=not self.config.use_feature)
         distance = self._distance(student, teacher)  # (P,)
         disparity = distance.detach() if self.config.feature_distance == "mse" else None
-        pairs = self._pairs(proposals, num_teacher, teacher.exp(), student.exp(), disparity)
+        pairs = self._pairs(proposals, num_teacher, teacher, student, disparity)
         self.last_pairs = pairs
         count = max(proposals.num_boxes, 1)  # M + N; with no pair every term is an empty sum, 0
         feature = (pairs.weights * distance).sum() / count
@@ -164,7 +164,7 @@ class RDDLoss(DistillLoss):
         loss in eval mode first so that ψ's BatchNorm uses and keeps its running statistics)."""
         proposals, num_teacher = self._proposals(step)
         teacher, student = self._patches(step, proposals, detach_student=True)
-        return self._pairs(proposals, num_teacher, teacher.exp(), student.exp())
+        return self._pairs(proposals, num_teacher, teacher, student)
 
     def _proposals(self, step: DistillStep) -> tuple[Proposals, int]:
         """Bilateral proposals: the teacher's M, then the student's N (from its detached output)."""
@@ -193,9 +193,10 @@ class RDDLoss(DistillLoss):
 
     def _pairs(self, proposals: Proposals, num_teacher: int, teacher: Tensor, student: Tensor,
                disparity: Tensor | None = None) -> RegionPairs:
-        """``disparity``: d_i when the caller already has it (the detached mse distance)."""
+        """``teacher``, ``student``: log-softmax patches; ``disparity``: d_i when the caller already has it
+        (the detached mse distance)."""
         if disparity is None:
-            disparity = _mean_squared_distance(student.detach(), teacher.detach())
+            disparity = _mean_squared_distance(student.detach().exp(), teacher.detach().exp())
         normalised = normalise_disparity(disparity)
         return RegionPairs(proposals, num_teacher, disparity, normalised, selection_weights(normalised, self.config))
 
