@@ -1,0 +1,101 @@
+"""How hard each distillation term pulls on the student, next to the detection loss.
+
+A loss value says little about its effect (RDD's feature term compares channel softmaxes whose entries
+are about 1/C); the gradient it sends into the student does. For a few training batches this prints,
+per loss term, the norm of its gradient on the student's neck map (the "bev" tap), on its class heatmap
+logits and on its box-regression maps, averaged over the batches.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/distill_gradient_scale.py \
+        --teacher runs/benchmark/teachers-cpu/cp-voxel/last.pt \
+        --student runs/benchmark/table3-cpu/cp-voxel-xxs-from-cp-voxel/none/seed0/last.pt \
+        --variant rdd --variant rdd:feature_distance=kl,logit_norm=l1 --variant pp-logit:weight=7
+"""
+import argparse
+import dataclasses
+from pathlib import Path
+
+import torch
+
+from rdd3d.data.collate import collate_frames
+from rdd3d.data.synthetic import SyntheticDataset
+from rdd3d.data.transforms import crop_to_range
+from rdd3d.distill.distiller import Distiller
+from rdd3d.distill.methods import DistillConfig, build_method
+from rdd3d.engine.runs import detector_from_checkpoint
+from rdd3d.fileio import write_json
+from rdd3d.models.presets import build_detector
+
+
+def parse_variant(text: str) -> tuple[str, DistillConfig]:
+    """``method[:field=value,...]`` -> (label, config); values are parsed as the option's own type."""
+    method, _, options = text.partition(":")
+    config = DistillConfig(method=method)
+    block = config.method_options() if method != "none" else None
+    for assignment in filter(None, options.split(",")):
+        name, _, raw = assignment.partition("=")
+        current = getattr(block, name)
+        value = raw.lower() == "true" if isinstance(current, bool) else type(current)(raw)
+        block = dataclasses.replace(block, **{name: value})
+    if block is not None:
+        config = dataclasses.replace(config, **{method.replace("-", "_"): block})
+    return text, config
+
+
+def gradient_norms(term: torch.Tensor, targets: dict[str, list[torch.Tensor]]) -> dict[str, float]:
+    flat = [tensor for tensors in targets.values() for tensor in tensors]
+    grads = torch.autograd.grad(term, flat, retain_graph=True, allow_unused=True)
+    norms, start = {}, 0
+    for name, tensors in targets.items():
+        pieces = [g for g in grads[start:start + len(tensors)] if g is not None]
+        norms[name] = float(torch.sqrt(sum((g ** 2).sum() for g in pieces))) if pieces else 0.0
+        start += len(tensors)
+    return norms
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--teacher", required=True, help="teacher checkpoint (rdd3d train)")
+    parser.add_argument("--student", default="cp-voxel-xxs", help="student preset (untrained) or checkpoint")
+    parser.add_argument("--variant", action="append", default=[],
+                        help="method[:option=value,...], e.g. rdd:feature_distance=kl (repeatable)")
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--batches", type=int, default=3)
+    parser.add_argument("--json", default="outputs/benchmarks/distill_gradient_scale.json")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    teacher, teacher_config = detector_from_checkpoint(args.teacher)
+    student = (detector_from_checkpoint(args.student)[0] if Path(args.student).is_file()
+               else build_detector(args.student, "synthetic"))
+    frames = SyntheticDataset("train", args.batch * args.batches, seed=0, config=teacher_config.data.world)
+    batches = [collate_frames([crop_to_range(frames[b * args.batch + i], teacher.point_cloud_range)
+                               for i in range(args.batch)]) for b in range(args.batches)]
+    rows: dict[tuple[str, str], dict[str, list[float]]] = {}
+    for label, config in map(parse_variant, args.variant or ["rdd"]):
+        losses = build_method(config, student.backbone_2d.out_channels, teacher.backbone_2d.out_channels)
+        distiller = Distiller(teacher, student, losses).train()
+        for batch in batches:
+            step = distiller.step_views(batch)
+            tasks = step.student.tap("head", "benchmark")
+            targets = {"bev": [step.student.tap("bev", "benchmark")],
+                       "heatmap": [task.heatmap for task in tasks],
+                       "box": [part for task in tasks for part in task[1:] if part is not None]}
+            terms = distiller.detection_loss(student, step.student.output, batch)
+            for loss in distiller.losses:
+                terms.update(loss(step))
+            for name, term in terms.items():
+                norms = {"value": term.item(), **gradient_norms(term, targets)}
+                row = rows.setdefault((label, name), {})
+                for key, value in norms.items():
+                    row.setdefault(key, []).append(value)
+    table = [{"variant": label, "term": name, **{k: sum(v) / len(v) for k, v in row.items()}}
+             for (label, name), row in rows.items()]
+    width = max(len(row["variant"]) for row in table)
+    print(f"{'variant':<{width}} {'term':<22} {'value':>9} {'|g| bev':>9} {'|g| heatmap':>11} {'|g| box':>9}")
+    for row in table:
+        print(f"{row['variant']:<{width}} {row['term']:<22} {row['value']:9.3g} {row['bev']:9.3g} "
+              f"{row['heatmap']:11.3g} {row['box']:9.3g}")
+    write_json(args.json, table)
+
+
+if __name__ == "__main__":
+    main()
