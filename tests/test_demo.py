@@ -2,7 +2,10 @@
 
 import json
 
+import yaml
+
 from rdd3d.cli import main
+from rdd3d.demo import RDD_OVERRIDES
 
 
 def test_quick_demo_writes_table_pictures_and_reuses_runs(tmp_path, capsys):
@@ -15,6 +18,12 @@ def test_quick_demo_writes_table_pictures_and_reuses_runs(tmp_path, capsys):
     assert rows[1]["gmacs"] < 0.2 * rows[0]["gmacs"]  # XXS keeps about a tenth of the teacher's MACs
     for name in ("bev_teacher.png", "bev_student.png", "bev_student_rdd.png", "training_curves.png"):
         assert (out / name).read_bytes()[:4] == b"\x89PNG"
+    # The RDD student runs the calibrated RDD settings; the others keep the defaults.
+    stored = yaml.safe_load((out / "student_rdd" / "config.yaml").read_text())["distill"]["rdd"]
+    for override in RDD_OVERRIDES:
+        key, value = override.removeprefix("distill.rdd.").split("=")
+        assert str(stored[key]) == value
+    assert yaml.safe_load((out / "student" / "config.yaml").read_text())["distill"]["method"] == "none"
     # A second run finds the finished runs and trains nothing.
     assert main(["demo", "--quick", "--out", str(out)]) == 0
     assert capsys.readouterr().out.count("reusing") == 3
