@@ -3,6 +3,7 @@
 import copy
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -127,3 +128,21 @@ def test_trained_adapter_reads_the_distillation_checkpoint(tmp_path):
     assert psi[0].weight.shape == (288, 288, 1, 1) and not psi.training
     with pytest.raises(CheckpointError, match="holds no RDD adapter"):
         trained_adapter(_checkpoint(tmp_path / "plain.pt", "cp-pillar-v0.64", 0))
+
+
+def _report(distances: list[float]):
+    from rdd3d.distill.disparity import DisparityReport
+    values = np.asarray(distances)
+    return DisparityReport(values, values / values.max(), np.ones(values.size, bool), 1, 0.1, "identity")
+
+
+@pytest.mark.parametrize("after, reading", [
+    ([0.5, 1.0, 2.0, 8.0, 8.0], "median) shrank, the high-disparity tail (p90) stayed — the paper's observation"),
+    ([0.5, 1.0, 2.0, 7.0, 7.5], "median) shrank, the high-disparity tail (p90) shrank less — the paper's observation"),
+    ([0.5, 1.0, 1.0, 2.0, 2.0], "median) shrank, the high-disparity tail (p90) shrank"),
+    ([2.0, 4.0, 8.0, 16.0, 16.0], "median) grew, the high-disparity tail (p90) grew"),
+])
+def test_verdict_says_which_way_bulk_and_tail_moved(after, reading):
+    lines = verdict({"before": _report([1.0, 2.0, 4.0, 8.0, 8.0]), "after": _report(after)})
+    assert lines[-1].startswith("after vs before:") and reading in lines[-1]
+    assert ("paper's observation" in lines[-1]) == ("paper's observation" in reading)

@@ -192,12 +192,20 @@ def verdict(reports: Mapping[str, DisparityReport], widespread_share: float = 0.
                          f"'{after['mapping']}': the distances are not on one scale (use --ignore-adapter)")
         if before["pairs"] and after["pairs"] and before["median"] > AGREEMENT and before["p90"] > AGREEMENT:
             change = {key: after[key] / before[key] - 1 for key in ("mean", "median", "p90")}
-            tail = ("the high-disparity tail shrank less than the bulk (the paper's observation for "
-                    "off-the-shelf KD)" if change["p90"] > change["median"] else
-                    "the high-disparity tail shrank at least as much as the bulk")
             lines.append(f"after vs before: mean {change['mean']:+.0%}, median {change['median']:+.0%}, "
-                         f"p90 {change['p90']:+.0%}: {tail}")
+                         f"p90 {change['p90']:+.0%}: {_movement(change['median'], change['p90'])}")
     return lines
+
+
+def _movement(median: float, p90: float) -> str:
+    """How the bulk (median) and the high-disparity tail (p90) of d moved, from their relative changes."""
+    def word(change: float) -> str:
+        return "shrank" if change < 0 else "grew" if change > 0 else "stayed"
+
+    text = f"the bulk of the disparities (median) {word(median)}, the high-disparity tail (p90) {word(p90)}"
+    if median < 0 and p90 > median:  # the tail kept more of its disparity than the bulk
+        text += (" less" if p90 < 0 else "") + " — the paper's observation for off-the-shelf KD"
+    return text
 
 
 def histogram_edges(reports: Mapping[str, DisparityReport], bins: int = 40) -> np.ndarray:
