@@ -146,3 +146,13 @@ def test_verdict_says_which_way_bulk_and_tail_moved(after, reading):
     lines = verdict({"before": _report([1.0, 2.0, 4.0, 8.0, 8.0]), "after": _report(after)})
     assert lines[-1].startswith("after vs before:") and reading in lines[-1]
     assert ("paper's observation" in lines[-1]) == ("paper's observation" in reading)
+
+
+def test_histogram_bins_are_log_spaced_and_count_every_pair():
+    from rdd3d.distill.disparity import binned, histogram_edges
+    reports = {"before": _report([1e-9, 1e-6, 1e-3]), "after": _report([0.0, 2e-3, 1e-5])}
+    edges = histogram_edges(reports, bins=12)
+    assert edges[0] == pytest.approx(1e-9) and edges[-1] == pytest.approx(2e-3)
+    assert np.allclose(np.diff(np.log(edges)), np.log(edges[1] / edges[0]))  # equal steps in log d
+    for report in reports.values():  # a d of 0 is clipped into the first bin, not dropped
+        assert np.histogram(binned(report.distances, edges), bins=edges)[0].sum() == report.distances.size

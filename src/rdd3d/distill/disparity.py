@@ -199,19 +199,29 @@ def verdict(reports: Mapping[str, DisparityReport], widespread_share: float = 0.
 
 def _movement(median: float, p90: float) -> str:
     """How the bulk (median) and the high-disparity tail (p90) of d moved, from their relative changes."""
-    def word(change: float) -> str:
-        return "shrank" if change < 0 else "grew" if change > 0 else "stayed"
+    def word(change: float) -> str:  # within ±0.5 %, as printed (+0%), it stayed
+        return "stayed" if abs(change) < 0.005 else "shrank" if change < 0 else "grew"
 
     text = f"the bulk of the disparities (median) {word(median)}, the high-disparity tail (p90) {word(p90)}"
-    if median < 0 and p90 > median:  # the tail kept more of its disparity than the bulk
+    if median <= -0.005 and p90 > median:  # the tail kept more of its disparity than the bulk
         text += (" less" if p90 < 0 else "") + " — the paper's observation for off-the-shelf KD"
     return text
 
 
 def histogram_edges(reports: Mapping[str, DisparityReport], bins: int = 40) -> np.ndarray:
-    """Bin edges over [0, largest d of all reports], shared so that histograms overlay."""
-    top = max((float(r.distances.max()) for r in reports.values() if r.distances.size), default=0.0)
-    return np.linspace(0.0, max(top, AGREEMENT), bins + 1)
+    """Log-spaced bin edges from the smallest positive d (at least ``AGREEMENT``) to the largest, shared
+    so that histograms overlay: d spans orders of magnitude, and linear bins put almost every pair in
+    the first one. Binned values are clipped to the edges (a d of 0 lands in the first bin)."""
+    values = np.concatenate([r.distances for r in reports.values()] + [np.zeros(0)])
+    positive = values[values > AGREEMENT]
+    low = float(positive.min()) if positive.size else AGREEMENT
+    high = max(float(values.max(initial=0.0)), low * 10)
+    return np.geomspace(low, high, bins + 1)
+
+
+def binned(distances: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """d clipped into ``[edges[0], edges[-1]]``, so that ``np.histogram`` counts every pair."""
+    return np.clip(distances.astype(np.float64), edges[0], edges[-1])
 
 
 def render_histograms(reports: Mapping[str, DisparityReport], edges: np.ndarray, title: str = "") -> bytes:
@@ -223,11 +233,12 @@ def render_histograms(reports: Mapping[str, DisparityReport], edges: np.ndarray,
     for (label, report), color in zip(reports.items(), ("#e53935", "#1e88e5", "#43a047")):
         weights = np.full(report.distances.size, 1 / max(report.distances.size, 1))
         name = f"{label} ({report.distances.size} pairs, {report.mapping})"
-        raw.hist(report.distances, bins=edges, weights=weights, color=color, alpha=0.5, label=name)
+        raw.hist(binned(report.distances, edges), bins=edges, weights=weights, color=color, alpha=0.5, label=name)
         normalised.hist(report.normalised, bins=np.linspace(0, 1, 41), weights=weights, color=color, alpha=0.5,
                         label=name)
         normalised.axvline(report.lam, color="black", linestyle="--", linewidth=1)
-    raw.set_xlabel("d: mean squared channel-softmax difference of the pooled region pair")
+    raw.set_xscale("log")
+    raw.set_xlabel("d: mean squared channel-softmax difference of the pooled region pair (log scale)")
     normalised.set_xlabel("d̃ = d / largest d of the batch (dashed: λ)")
     for axes in (raw, normalised):
         axes.set_ylabel("share of region pairs")
@@ -247,7 +258,7 @@ def write_disparity_report(out_dir: str | Path, reports: Mapping[str, DisparityR
     lines = verdict(reports, widespread_share)
     payload = {"sources": dict(sources), "histogram_edges": edges.tolist(), "verdict": lines}
     for label, report in reports.items():
-        counts, _ = np.histogram(report.distances, bins=edges)
+        counts, _ = np.histogram(binned(report.distances, edges), bins=edges)
         payload[label] = {**report.summary(), "histogram_counts": counts.tolist()}
     write_json(out_dir / "disparity.json", payload)
     write_bytes(out_dir / "disparity.png", render_histograms(reports, edges))
