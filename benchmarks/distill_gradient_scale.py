@@ -2,8 +2,9 @@
 
 A loss value says little about its effect (RDD's feature term compares channel softmaxes whose entries
 are about 1/C); the gradient it sends into the student does. For a few training batches this prints,
-per loss term, the norm of its gradient on the student's neck map (the "bev" tap), on its class heatmap
-logits and on its box-regression maps, averaged over the batches.
+per loss term, the norm of its gradient on the student's neck map (the "bev" tap), on its class maps
+(CenterPoint heatmap logits, or an anchor head's class logits) and on its box-regression maps, averaged
+over the batches.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/distill_gradient_scale.py \
         --teacher runs/benchmark/teachers-cpu/cp-voxel/last.pt \
@@ -23,6 +24,7 @@ from rdd3d.distill.distiller import Distiller
 from rdd3d.distill.methods import DistillConfig, build_method
 from rdd3d.engine.runs import detector_from_checkpoint
 from rdd3d.fileio import write_json
+from rdd3d.models.heads.anchor_head import AnchorPrediction
 from rdd3d.models.presets import build_detector
 
 
@@ -39,6 +41,14 @@ def parse_variant(text: str) -> tuple[str, DistillConfig]:
     if block is not None:
         config = dataclasses.replace(config, **{method.replace("-", "_"): block})
     return text, config
+
+
+def head_maps(head) -> dict[str, list[torch.Tensor]]:
+    """The head's class maps ("heatmap": CenterPoint heatmaps or anchor class logits) and its box maps."""
+    if isinstance(head, AnchorPrediction):
+        return {"heatmap": [head.cls_logits], "box": [head.box_deltas]}
+    return {"heatmap": [task.heatmap for task in head],
+            "box": [part for task in head for part in task[1:] if part is not None]}
 
 
 def gradient_norms(term: torch.Tensor, targets: dict[str, list[torch.Tensor]]) -> dict[str, float]:
@@ -75,10 +85,7 @@ def main():
         distiller = Distiller(teacher, student, losses).train()
         for batch in batches:
             step = distiller.step_views(batch)
-            tasks = step.student.tap("head", "benchmark")
-            targets = {"bev": [step.student.tap("bev", "benchmark")],
-                       "heatmap": [task.heatmap for task in tasks],
-                       "box": [part for task in tasks for part in task[1:] if part is not None]}
+            targets = {"bev": [step.student.tap("bev", "benchmark")], **head_maps(step.student.tap("head", "benchmark"))}
             terms = distiller.detection_loss(student, step.student.output, batch)
             for loss in distiller.losses:
                 terms.update(loss(step))
