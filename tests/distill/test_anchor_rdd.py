@@ -90,6 +90,9 @@ def test_anchor_logit_loss_is_zero_for_identical_outputs_and_sees_only_anchors_i
     literal = _rdd(logit_norm="l1")  # the L1 norm read literally: the sums
     assert _logit_term(literal, teacher, AnchorPrediction(inside_cls, inside_box, None)) == pytest.approx(
         0.2 * (class_change + 0.5), rel=1e-4)
+    box_weighted = _rdd(logit_norm="l1", anchor_box_weight=0.1)  # [ours] the box term's weight
+    assert _logit_term(box_weighted, teacher, AnchorPrediction(inside_cls, inside_box, None)) == pytest.approx(
+        0.2 * (class_change + 0.1 * 0.5), rel=1e-4)
 
 
 def test_anchor_logit_loss_refuses_other_anchors_and_a_centre_head_student():

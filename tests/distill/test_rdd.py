@@ -90,6 +90,8 @@ def test_config_rejects_bad_values_naming_the_field():
         RDDConfig(lam=1.0)
     with pytest.raises(ValueError, match="RDDConfig.use_feature"):
         RDDConfig(use_feature=False, use_logit=False)
+    with pytest.raises(ValueError, match="RDDConfig.anchor_box_weight must be >= 0, got -1"):
+        RDDConfig(anchor_box_weight=-1.0)
 
 
 # --- pairs and losses on hand-made maps ----------------------------------------------------------

@@ -58,6 +58,9 @@ class RDDConfig:
     # heads: class and box terms each the mean over the anchors and their classes / codes, then added);
     # l1: the paper's literal L1 norm (the sums)
     logit_norm: str = "mean"
+    # [ours] anchor heads: weight of Eq. 9's box term against its class term (the paper adds them, 1.0); the
+    # raw box deltas of a short-trained student pull 30x harder than the class scores (docs/distillation.md)
+    anchor_box_weight: float = 1.0
     use_feature: bool = True  # distil the student's BEV map (ablation: logit only)
     use_logit: bool = True  # distil the student's heatmaps (ablation: feature only)
     gaussian_overlap: float = 0.1  # [ours] centre heads: Gaussian area radius as CenterPoint's targets (min overlap)
@@ -76,6 +79,7 @@ class RDDConfig:
             "grid_size": (self.grid_size >= 1, ">= 1"),
             "feature_distance": (self.feature_distance in FEATURE_DISTANCES, f"one of {FEATURE_DISTANCES}"),
             "logit_norm": (self.logit_norm in LOGIT_NORMS, f"one of {LOGIT_NORMS}"),
+            "anchor_box_weight": (self.anchor_box_weight >= 0, ">= 0"),
             "use_feature": (self.use_feature or self.use_logit, "true when use_logit is false"),
             "gaussian_overlap": (0 < self.gaussian_overlap < 1, "in (0, 1)"),
             "min_radius": (self.min_radius >= 0, ">= 0"),
@@ -241,8 +245,8 @@ class RDDLoss(DistillLoss):
     def _anchor_disagreement(self, step: DistillStep, proposals: Proposals) -> Tensor:
         """Anchor heads (Eq. 9, both terms): over the anchors whose centres lie in each proposal's box,
         the L1 of the sigmoid class probabilities (every anchor type, every class) plus the L1 of the raw
-        box deltas (every anchor type, 7 codes), each the mean or the sum (``logit_norm``); 0 for a box
-        holding no anchor location. Teacher and student must share their anchors (same grid)."""
+        box deltas (every anchor type, 7 codes), each the mean or the sum (``logit_norm``), the box term
+        weighted by ``anchor_box_weight``; 0 for a box holding no anchor location. Teacher and student must share their anchors (same grid)."""
         pair = anchor_pair(step, "RDD")
         area = anchor_areas(proposals.boxes, pair.anchors)
         reduce = area_sum if self.config.logit_norm == "l1" else area_mean
@@ -254,7 +258,7 @@ class RDDLoss(DistillLoss):
 
         classes = disagreement(pair.student.cls_logits, pair.teacher.cls_logits, torch.sigmoid)
         boxes = disagreement(pair.student.box_deltas, pair.teacher.box_deltas, lambda deltas: deltas)
-        return classes + boxes
+        return classes + self.config.anchor_box_weight * boxes
 
 
 def _mean_squared_distance(student: Tensor, teacher: Tensor) -> Tensor:
