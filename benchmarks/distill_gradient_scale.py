@@ -12,35 +12,24 @@ over the batches.
         --variant rdd --variant rdd:feature_distance=kl,logit_norm=l1 --variant pp-logit:weight=7
 """
 import argparse
-import dataclasses
-from pathlib import Path
 
 import torch
 
-from rdd3d.data.collate import collate_frames
-from rdd3d.data.synthetic import SyntheticDataset
-from rdd3d.data.transforms import crop_to_range
 from rdd3d.distill.distiller import Distiller
 from rdd3d.distill.methods import DistillConfig, build_method
-from rdd3d.engine.runs import detector_from_checkpoint
+from rdd3d.engine.config_loading import build_config
 from rdd3d.fileio import write_json
 from rdd3d.models.heads.anchor_head import AnchorPrediction
-from rdd3d.models.presets import build_detector
+
+from distill_pair import teacher_student_batches  # benchmarks/ is the script's directory
 
 
 def parse_variant(text: str) -> tuple[str, DistillConfig]:
-    """``method[:field=value,...]`` -> (label, config); values are parsed as the option's own type."""
+    """``method[:option=value,...]`` -> (label, config), through the run config's own typed overrides."""
     method, _, options = text.partition(":")
-    config = DistillConfig(method=method)
-    block = config.method_options() if method != "none" else None
-    for assignment in filter(None, options.split(",")):
-        name, _, raw = assignment.partition("=")
-        current = getattr(block, name)
-        value = raw.lower() == "true" if isinstance(current, bool) else type(current)(raw)
-        block = dataclasses.replace(block, **{name: value})
-    if block is not None:
-        config = dataclasses.replace(config, **{method.replace("-", "_"): block})
-    return text, config
+    block = method.replace("-", "_")
+    overrides = [f"method={method}", *(f"{block}.{option}" for option in options.split(",") if option)]
+    return text, build_config(DistillConfig, overrides=overrides)
 
 
 def head_maps(head) -> dict[str, list[torch.Tensor]]:
@@ -73,19 +62,15 @@ def main():
     parser.add_argument("--json", default="outputs/benchmarks/distill_gradient_scale.json")
     args = parser.parse_args()
     torch.manual_seed(0)
-    teacher, teacher_config = detector_from_checkpoint(args.teacher)
-    student = (detector_from_checkpoint(args.student)[0] if Path(args.student).is_file()
-               else build_detector(args.student, "synthetic"))
-    frames = SyntheticDataset("train", args.batch * args.batches, seed=0, config=teacher_config.data.world)
-    batches = [collate_frames([crop_to_range(frames[b * args.batch + i], teacher.point_cloud_range)
-                               for i in range(args.batch)]) for b in range(args.batches)]
+    teacher, student, batches = teacher_student_batches(args.teacher, args.student, args.batch, args.batches)
     rows: dict[tuple[str, str], dict[str, list[float]]] = {}
     for label, config in map(parse_variant, args.variant or ["rdd"]):
         losses = build_method(config, student.backbone_2d.out_channels, teacher.backbone_2d.out_channels)
         distiller = Distiller(teacher, student, losses).train()
         for batch in batches:
             step = distiller.step_views(batch)
-            targets = {"bev": [step.student.tap("bev", "benchmark")], **head_maps(step.student.tap("head", "benchmark"))}
+            targets = {"bev": [step.student.tap("bev", "benchmark")],
+                       **head_maps(step.student.tap("head", "benchmark"))}
             terms = distiller.detection_loss(student, step.student.output, batch)
             for loss in distiller.losses:
                 terms.update(loss(step))

@@ -7,18 +7,14 @@ Prints one row per (feature_distance, logit_norm) and writes them as JSON.
 """
 import argparse
 import itertools
-from pathlib import Path
 
 import torch
 
-from rdd3d.data.collate import collate_frames
-from rdd3d.data.synthetic import SyntheticDataset
-from rdd3d.data.transforms import crop_to_range
 from rdd3d.distill.distiller import Distiller
 from rdd3d.distill.rdd import FEATURE_DISTANCES, LOGIT_NORMS, RDDConfig, RDDLoss
-from rdd3d.engine.runs import detector_from_checkpoint
 from rdd3d.fileio import write_json
-from rdd3d.models.presets import build_detector
+
+from distill_pair import teacher_student_batches  # benchmarks/ is the script's directory
 
 
 def main():
@@ -29,11 +25,7 @@ def main():
     parser.add_argument("--json", default="outputs/benchmarks/rdd_loss_scale.json")
     args = parser.parse_args()
     torch.manual_seed(0)
-    teacher, teacher_config = detector_from_checkpoint(args.teacher)
-    student = (detector_from_checkpoint(args.student)[0] if Path(args.student).is_file()
-               else build_detector(args.student, "synthetic"))
-    frames = SyntheticDataset("train", args.batch, seed=0, config=teacher_config.data.world)
-    batch = collate_frames([crop_to_range(frames[i], teacher.point_cloud_range) for i in range(args.batch)])
+    teacher, student, (batch,) = teacher_student_batches(args.teacher, args.student, args.batch, 1)
     rows = []
     for distance, norm in itertools.product(FEATURE_DISTANCES, LOGIT_NORMS):
         loss = RDDLoss(RDDConfig(feature_distance=distance, logit_norm=norm),

@@ -12,7 +12,8 @@ from rdd3d.data.collate import collate_frames
 from rdd3d.data.synthetic import SyntheticDataset, WorldConfig
 from rdd3d.distill.base import BEVGeometry, DistillStep, ModelView, adapter
 from rdd3d.distill.disparity import (
-    ADAPTER_PREFIX, DisparityConfig, _channel_means, measure_disparity, trained_adapter, verdict,
+    ADAPTER_PREFIX, DisparityConfig, DisparityReport, _channel_means, binned, histogram_edges, measure_disparity,
+    trained_adapter, verdict,
 )
 from rdd3d.distill.distiller import Distiller
 from rdd3d.distill.rdd import RDDConfig, RDDLoss
@@ -131,7 +132,6 @@ def test_trained_adapter_reads_the_distillation_checkpoint(tmp_path):
 
 
 def _report(distances: list[float]):
-    from rdd3d.distill.disparity import DisparityReport
     values = np.asarray(distances)
     return DisparityReport(values, values / values.max(), np.ones(values.size, bool), 1, 0.1, "identity")
 
@@ -140,6 +140,7 @@ def _report(distances: list[float]):
     ([0.5, 1.0, 2.0, 8.0, 8.0], "median) shrank, the high-disparity tail (p90) stayed — the paper's observation"),
     ([0.5, 1.0, 2.0, 7.0, 7.5], "median) shrank, the high-disparity tail (p90) shrank less — the paper's observation"),
     ([0.5, 1.0, 1.0, 2.0, 2.0], "median) shrank, the high-disparity tail (p90) shrank"),
+    ([0.5, 1.0, 2.0, 7.99, 8.0], "median) shrank, the high-disparity tail (p90) stayed — the paper's observation"),
     ([2.0, 4.0, 8.0, 16.0, 16.0], "median) grew, the high-disparity tail (p90) grew"),
 ])
 def test_verdict_says_which_way_bulk_and_tail_moved(after, reading):
@@ -149,7 +150,6 @@ def test_verdict_says_which_way_bulk_and_tail_moved(after, reading):
 
 
 def test_histogram_bins_are_log_spaced_and_count_every_pair():
-    from rdd3d.distill.disparity import binned, histogram_edges
     reports = {"before": _report([1e-9, 1e-6, 1e-3]), "after": _report([0.0, 2e-3, 1e-5])}
     edges = histogram_edges(reports, bins=12)
     assert edges[0] == pytest.approx(1e-9) and edges[-1] == pytest.approx(2e-3)

@@ -204,7 +204,7 @@ def _movement(median: float, p90: float) -> str:
 
     text = f"the bulk of the disparities (median) {word(median)}, the high-disparity tail (p90) {word(p90)}"
     if median <= -0.005 and p90 > median:  # the tail kept more of its disparity than the bulk
-        text += (" less" if p90 < 0 else "") + " — the paper's observation for off-the-shelf KD"
+        text += (" less" if word(p90) == "shrank" else "") + " — the paper's observation for off-the-shelf KD"
     return text
 
 

@@ -246,7 +246,8 @@ class RDDLoss(DistillLoss):
         """Anchor heads (Eq. 9, both terms): over the anchors whose centres lie in each proposal's box,
         the L1 of the sigmoid class probabilities (every anchor type, every class) plus the L1 of the raw
         box deltas (every anchor type, 7 codes), each the mean or the sum (``logit_norm``), the box term
-        weighted by ``anchor_box_weight``; 0 for a box holding no anchor location. Teacher and student must share their anchors (same grid)."""
+        weighted by ``anchor_box_weight``; 0 for a box holding no anchor location. Teacher and student
+        must share their anchors (same grid)."""
         pair = anchor_pair(step, "RDD")
         area = anchor_areas(proposals.boxes, pair.anchors)
         reduce = area_sum if self.config.logit_norm == "l1" else area_mean
