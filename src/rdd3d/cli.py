@@ -418,6 +418,10 @@ def _add_disparity(commands) -> None:
     parser.add_argument("--batch-size", type=int, default=4, help="frames per batch; d is normalised per batch")
     parser.add_argument("--ignore-adapter", action="store_true",
                         help="measure without RDD's trained adapter even where a checkpoint holds one")
+    parser.add_argument("--fit-psi", action="store_true",
+                        help="fit a linear ψ (1×1 conv + bias, least squares) from each student's BEV map to the "
+                             "teacher's on the measured frames and measure through it (mapping 'fitted'): like "
+                             "for like between students with and without KD; ignores trained adapters")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     parser.set_defaults(handler=_run_disparity)
@@ -446,9 +450,9 @@ def _run_disparity(args) -> None:
     frames, _ = validation_frames(configs[0])
     reports = {}
     for label, (student, student_config) in students.items():
-        with_psi = student_config.distill.method == "rdd" and not args.ignore_adapter
+        with_psi = student_config.distill.method == "rdd" and not (args.ignore_adapter or args.fit_psi)
         psi = trained_adapter(paths[label]).to(device) if with_psi else None
-        reports[label] = measure_disparity(teacher, student, frames, config, psi)
+        reports[label] = measure_disparity(teacher, student, frames, config, psi, fit_psi=args.fit_psi)
     sources = {"teacher": str(args.teacher), **{label: str(path) for label, path in paths.items()}}
     for line in write_disparity_report(args.out, reports, sources, config.widespread_share):
         print(line)

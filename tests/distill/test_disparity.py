@@ -6,14 +6,15 @@ import json
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from rdd3d.cli import main
 from rdd3d.data.collate import collate_frames
 from rdd3d.data.synthetic import SyntheticDataset, WorldConfig
 from rdd3d.distill.base import BEVGeometry, DistillStep, ModelView, adapter
 from rdd3d.distill.disparity import (
-    ADAPTER_PREFIX, DisparityConfig, DisparityReport, _channel_means, binned, histogram_edges, measure_disparity,
-    trained_adapter, verdict,
+    ADAPTER_PREFIX, DisparityConfig, DisparityReport, _channel_means, binned, fit_linear_map, histogram_edges,
+    measure_disparity, trained_adapter, verdict,
 )
 from rdd3d.distill.distiller import Distiller
 from rdd3d.distill.rdd import RDDConfig, RDDLoss
@@ -90,6 +91,56 @@ def test_channel_means_average_consecutive_channel_groups():
     torch.testing.assert_close(matched.teacher.taps["bev"][0, :, 0, 0], torch.tensor([0.5, 2.5, 4.5]))
 
 
+def test_the_least_squares_fit_recovers_a_linear_map():
+    generator = torch.Generator().manual_seed(0)
+    weight, bias = torch.randn(7, 5, generator=generator), torch.randn(7, generator=generator)
+    pairs = []
+    for _ in range(3):  # the fit streams over batches
+        student_map = torch.randn(2, 5, 6, 8, generator=generator)
+        pairs.append((student_map, torch.einsum("ts,bshw->bthw", weight, student_map) + bias[:, None, None]))
+    psi = fit_linear_map(pairs, ridge=0.0)
+    assert psi.weight.shape == (7, 5, 1, 1) and not psi.training
+    torch.testing.assert_close(psi.weight[:, :, 0, 0], weight, atol=1e-4, rtol=0)
+    torch.testing.assert_close(psi.bias, bias, atol=1e-4, rtol=0)
+    # the default ridge shrinks W only slightly on well-conditioned maps
+    torch.testing.assert_close(fit_linear_map(pairs).weight[:, :, 0, 0], weight, atol=0.05, rtol=0)
+    with pytest.raises(ValueError, match="on one grid"):
+        fit_linear_map([(torch.zeros(1, 5, 6, 8), torch.zeros(1, 7, 3, 4))])
+
+
+class _LinearNeck(nn.Module):
+    """A BEV neck whose map is ``weight @ map + bias`` (a fixed 1×1 conv) of the wrapped neck's map."""
+
+    def __init__(self, neck: nn.Module, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        super().__init__()
+        self.neck, self.mix = neck, nn.Conv2d(weight.shape[1], weight.shape[0], kernel_size=1)
+        with torch.no_grad():
+            self.mix.weight.copy_(weight[..., None, None])
+            self.mix.bias.copy_(bias)
+
+    def forward(self, bev):
+        output = self.neck(bev)
+        return output._replace(features=self.mix(output.features))
+
+
+def test_a_fitted_psi_sees_no_disparity_in_a_linear_transform_of_the_teacher(frames):
+    teacher = _detector("cp-pillar-v0.64", 0)
+    channels = 288
+    # An untrained neck's map varies by ~1e-4, where τ's softmax sees almost nothing: amplified.
+    teacher.backbone_2d = _LinearNeck(teacher.backbone_2d, 1000 * torch.eye(channels), torch.zeros(channels))
+    student = copy.deepcopy(teacher)  # the teacher's map through a well-conditioned invertible map
+    generator = torch.Generator().manual_seed(2)
+    mix = torch.eye(channels) + 0.3 * torch.randn(channels, channels, generator=generator) / channels ** 0.5
+    student.backbone_2d = _LinearNeck(student.backbone_2d, mix, torch.randn(channels, generator=generator))
+    as_they_are = measure_disparity(teacher, student, frames[:1])
+    fitted = measure_disparity(teacher, student, frames[:1], fit_psi=True)
+    assert as_they_are.mapping == "identity" and fitted.mapping == "fitted"
+    assert fitted.summary()["pairs"] > 0 and as_they_are.summary()["mean"] > 1e-4
+    assert fitted.summary()["mean"] < 1e-3 * as_they_are.summary()["mean"]
+    with pytest.raises(ValueError, match="not both"):
+        measure_disparity(teacher, student, frames, trained_psi=nn.Identity(), fit_psi=True)
+
+
 # ----------------------------------------------------------------------------- the command
 def _checkpoint(path, preset: str, seed: int, method: str = "none", psi_channels: tuple[int, int] | None = None):
     """A checkpoint as `rdd3d train` (method none) or `rdd3d distill` writes it, without training."""
@@ -121,6 +172,20 @@ def test_disparity_command_before_and_after(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "before: no representation disparity" in printed and "warning: before was measured with" in printed
     assert report["verdict"] == printed.splitlines()[:len(report["verdict"])]
+
+
+def test_disparity_command_fits_a_psi_for_every_student(tmp_path, capsys):
+    # A finer teacher than its pillar students (0.48 vs 0.64 m cells): the fit reads the students on its grid.
+    teacher = _checkpoint(tmp_path / "teacher.pt", "cp-pillar-v0.48", 0)
+    before = _checkpoint(tmp_path / "before.pt", "cp-pillar-v0.64", 1)
+    after = _checkpoint(tmp_path / "after.pt", "cp-pillar-v0.64", 2, "rdd", (288, 288))
+    out = tmp_path / "report"
+    assert main(["disparity", "--teacher", str(teacher), "--student", str(before), "--student-after", str(after),
+                 "--fit-psi", "--frames", "1", "--device", "cpu", "--out", str(out)]) == 0
+    report = json.loads((out / "disparity.json").read_text())
+    assert report["before"]["mapping"] == report["after"]["mapping"] == "fitted"
+    assert report["before"]["pairs"] > 0 and report["after"]["pairs"] > 0
+    assert "warning" not in capsys.readouterr().out
 
 
 def test_trained_adapter_reads_the_distillation_checkpoint(tmp_path):

@@ -16,10 +16,16 @@ The student's channels must be put beside the teacher's (``DisparityReport.mappi
 * ``channel-mean``: no trained ψ, different counts (e.g. CP-Voxel's 384 and XXS's 96): the wider map's
   channels are averaged in consecutive groups down to the narrower map's count (adaptive average
   pooling over channels; a parameter-free ψ that averages rather than learns).
+* ``fitted``: ψ_fit, a 1×1 conv with bias fitted for this student by least squares (a small ridge)
+  from its BEV map to the teacher's over every BEV cell of the measured frames
+  (:func:`fit_linear_map`), used in place of the adapter.
 
 Without a trained ψ, channel ``c`` of one model has no reason to mean channel ``c`` of the other, so
-those distances measure how differently the models spread their activation over channels and space.
-Compare two checkpoints only when both were measured with the same mapping.
+``identity`` and ``channel-mean`` distances measure how differently the models spread their activation
+over channels and space. ``fitted`` gives every student, distilled or not, its own best linear ψ: the
+distances then measure how much of the teacher's representation the student holds up to a linear map
+— the question RDD's trained ψ answers — so they compare like for like across students. Compare two
+checkpoints only when both were measured with the same mapping.
 """
 
 from __future__ import annotations
@@ -29,22 +35,23 @@ import dataclasses
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, NamedTuple, Sequence
+from typing import Iterable, Iterator, Mapping, NamedTuple, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
 from rdd3d.data.collate import collate_frames
 from rdd3d.data.types import Frame
 from rdd3d.distill.base import DistillStep, ModelView, adapter
 from rdd3d.distill.distiller import Distiller
 from rdd3d.distill.rdd import RDDConfig, RDDLoss
+from rdd3d.distill.regions import resample_to
 from rdd3d.engine.checkpoint import CheckpointError, load_checkpoint, load_model_state
 from rdd3d.fileio import write_bytes, write_json
 
-MAPPINGS = ("adapter", "identity", "channel-mean")
+MAPPINGS = ("adapter", "identity", "channel-mean", "fitted")
 #: Where a distillation checkpoint keeps RDD's ψ (the Distiller's first loss module, its ``adapter``).
 ADAPTER_PREFIX = "losses.0.adapter."
 #: Largest d still read as agreement: identical maps give exact zeros; float noise stays far below
@@ -57,12 +64,15 @@ class DisparityConfig:
     rdd: RDDConfig = field(default_factory=RDDConfig)  # proposals, pooling grid, τ and λ, as RDD uses them
     batch_size: int = 4  # frames per batch; d̃ is normalised per batch, as in training
     widespread_share: float = 0.5  # verdict: the share of pairs with d̃ >= λ from which disparity is widespread
+    ridge: float = 1e-3  # fitted ψ: ridge term as a share of the mean diagonal of the student map's centred SᵀS
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ValueError(f"DisparityConfig.batch_size must be >= 1, got {self.batch_size}")
         if not 0 < self.widespread_share <= 1:
             raise ValueError(f"DisparityConfig.widespread_share must be in (0, 1], got {self.widespread_share}")
+        if self.ridge < 0:
+            raise ValueError(f"DisparityConfig.ridge must be >= 0, got {self.ridge}")
 
 
 class DisparityReport(NamedTuple):
@@ -101,22 +111,34 @@ def _mean(values: np.ndarray) -> float | None:
 @torch.no_grad()
 def measure_disparity(teacher: nn.Module, student: nn.Module, frames: Sequence[Frame],
                       config: DisparityConfig = DisparityConfig(), trained_psi: nn.Module | None = None,
-                      ) -> DisparityReport:
+                      fit_psi: bool = False) -> DisparityReport:
     """Region-pair disparities of ``student`` against ``teacher`` on ``frames`` (on the teacher's device).
 
-    ``trained_psi`` is RDD's adapter trained with this student (see :func:`trained_adapter`); without
-    it the maps are compared as they are or with channel means (module docstring). The models are
-    copied first: the distiller's taps are forward hooks, and the caller's models stay without them.
+    ``trained_psi`` is RDD's adapter trained with this student (see :func:`trained_adapter`). With
+    ``fit_psi`` a first pass over ``frames`` fits ψ_fit (:func:`fit_linear_map`) and a second measures
+    through it: the fit is in-sample, on the very frames measured (each teacher channel's regression
+    has C_S + 1 parameters against every BEV cell of every frame). Without either the maps are
+    compared as they are or with channel means (module docstring). The models are copied first: the
+    distiller's taps are forward hooks, and the caller's models stay without them.
     """
     if not frames:
         raise ValueError("measure_disparity needs at least one frame")
+    if fit_psi and trained_psi is not None:
+        raise ValueError("measure_disparity: fit_psi fits its own ψ; pass either fit_psi or trained_psi, not both")
     device = next(teacher.parameters()).device
     distiller = Distiller(copy.deepcopy(teacher), copy.deepcopy(student).to(device), []).eval()
+
+    def steps() -> Iterator[DistillStep]:
+        for start in range(0, len(frames), config.batch_size):
+            yield distiller.step_views(collate_frames(frames[start:start + config.batch_size]).to(device))
+
+    psi, psi_mapping = trained_psi, "adapter"
+    if fit_psi:
+        psi, psi_mapping = fit_linear_map((_on_teacher_grid(step) for step in steps()), config.ridge), "fitted"
     loss, mapping, parts = None, "", []
-    for start in range(0, len(frames), config.batch_size):
-        step = distiller.step_views(collate_frames(frames[start:start + config.batch_size]).to(device))
+    for step in steps():
         if loss is None:
-            loss, mapping = _measuring_loss(step, config.rdd, trained_psi, device)
+            loss, mapping = _measuring_loss(step, config.rdd, psi, psi_mapping, device)
         if mapping == "channel-mean":
             step = _channel_means(step, loss.student_channels)
         pairs = loss.pair_disparities(step)
@@ -125,20 +147,69 @@ def measure_disparity(teacher: nn.Module, student: nn.Module, frames: Sequence[F
     return DisparityReport(distances, normalised, from_teacher, len(frames), config.rdd.lam, mapping)
 
 
-def _measuring_loss(step: DistillStep, rdd: RDDConfig, trained_psi: nn.Module | None,
+def _measuring_loss(step: DistillStep, rdd: RDDConfig, psi: nn.Module | None, psi_mapping: str,
                     device: torch.device) -> tuple[RDDLoss, str]:
-    """An RDD loss in eval mode whose ψ is the trained one, or none at all (identity on matched channels)."""
+    """An RDD loss in eval mode whose ψ is ``psi`` (reported as ``psi_mapping``), or none at all
+    (identity on matched channels)."""
     student_channels = step.student.taps["bev"].shape[1]
     teacher_channels = step.teacher.taps["bev"].shape[1]
-    if trained_psi is not None:
-        loss, mapping = RDDLoss(rdd, student_channels, teacher_channels), "adapter"
-        loss.adapter = trained_psi
+    if psi is not None:
+        loss, mapping = RDDLoss(rdd, student_channels, teacher_channels), psi_mapping
+        loss.adapter = psi
     else:
         channels = min(student_channels, teacher_channels)
         loss = RDDLoss(rdd, channels, channels)
         loss.adapter = nn.Identity()
         mapping = "identity" if student_channels == teacher_channels else "channel-mean"
     return loss.to(device).eval(), mapping
+
+
+def _on_teacher_grid(step: DistillStep) -> tuple[Tensor, Tensor]:
+    """The student's and the teacher's BEV maps on the teacher's grid, for the fit: a student on another
+    grid (e.g. a coarser pillar student) is read bilinearly at the teacher's cell centres."""
+    teacher_map = step.teacher.taps["bev"]  # (B, C_T, H_T, W_T)
+    student_map = resample_to(step.student.taps["bev"], step.student.geometry, step.teacher.geometry,
+                              tuple(teacher_map.shape[-2:]))  # (B, C_S, H_T, W_T)
+    return student_map, teacher_map
+
+
+@torch.no_grad()
+def fit_linear_map(pairs: Iterable[tuple[Tensor, Tensor]], ridge: float = 1e-3) -> nn.Conv2d:
+    """ψ_fit: the 1×1 conv (weight ``W`` (C_T, C_S), bias ``b``) minimising ``Σ ||t − W s − b||²`` over
+    every cell of every ``(student_map (B, C_S, H, W), teacher_map (B, C_T, H, W))`` pair, plus
+    ``ridge · mean diag(SᵀS) · ||W||²`` with ``SᵀS`` the student cells' centred scatter (a scale-free
+    ridge: it keeps dead or collinear student channels from making the system singular).
+
+    Streams: only the float64 sums (SᵀS, SᵀT, ΣS, ΣT) are kept, never the cells. Returns the conv
+    in eval mode, on the maps' device, in float32.
+    """
+    sums: list[Tensor] | None = None
+    for student_map, teacher_map in pairs:
+        if student_map.ndim != 4 or teacher_map.ndim != 4 or student_map.shape[0] != teacher_map.shape[0] \
+                or student_map.shape[-2:] != teacher_map.shape[-2:]:
+            raise ValueError(f"fit_linear_map: the student and teacher maps must be (B, C_S, H, W) and "
+                             f"(B, C_T, H, W) on one grid, got {tuple(student_map.shape)} and "
+                             f"{tuple(teacher_map.shape)}")
+        s = student_map.detach().to(torch.float64).movedim(1, -1).reshape(-1, student_map.shape[1])  # (N, C_S)
+        t = teacher_map.detach().to(torch.float64).movedim(1, -1).reshape(-1, teacher_map.shape[1])  # (N, C_T)
+        batch = [s.T @ s, s.T @ t, s.sum(0), t.sum(0), s.new_tensor(s.shape[0])]
+        sums = batch if sums is None else [total + part for total, part in zip(sums, batch)]
+    if sums is None:
+        raise ValueError("fit_linear_map needs at least one pair of maps")
+    ss, st, s_sum, t_sum, cells = sums
+    s_mean, t_mean = s_sum / cells, t_sum / cells
+    scatter = ss - cells * torch.outer(s_mean, s_mean)  # (C_S, C_S)
+    cross = st - cells * torch.outer(s_mean, t_mean)  # (C_S, C_T)
+    scatter += ridge * scatter.diagonal().mean() * torch.eye(scatter.shape[0], dtype=scatter.dtype,
+                                                            device=scatter.device)
+    # pinv rather than solve: with ridge 0 a rank-deficient (or constant) student map still has a
+    # least-squares answer (W = 0 and b = the teacher's mean for a constant one).
+    weight = (torch.linalg.pinv(scatter, hermitian=True) @ cross).T  # (C_T, C_S)
+    bias = t_mean - weight @ s_mean  # (C_T,)
+    psi = nn.Conv2d(weight.shape[1], weight.shape[0], kernel_size=1, bias=True).to(ss.device)
+    psi.weight.copy_(weight.reshape(*weight.shape, 1, 1))
+    psi.bias.copy_(bias)
+    return psi.eval()
 
 
 def _channel_means(step: DistillStep, channels: int) -> DistillStep:
@@ -189,7 +260,7 @@ def verdict(reports: Mapping[str, DisparityReport], widespread_share: float = 0.
         before, after = reports["before"].summary(), reports["after"].summary()
         if reports["before"].mapping != reports["after"].mapping:
             lines.append(f"warning: before was measured with '{before['mapping']}', after with "
-                         f"'{after['mapping']}': the distances are not on one scale (use --ignore-adapter)")
+                         f"'{after['mapping']}': the distances are not on one scale (measure both with --fit-psi)")
         if before["pairs"] and after["pairs"] and before["median"] > AGREEMENT and before["p90"] > AGREEMENT:
             change = {key: after[key] / before[key] - 1 for key in ("mean", "median", "p90")}
             lines.append(f"after vs before: mean {change['mean']:+.0%}, median {change['median']:+.0%}, "
