@@ -5,7 +5,7 @@ import json
 import yaml
 
 from rdd3d.cli import main
-from rdd3d.demo import RDD_OVERRIDES
+from rdd3d.demo import DEMO_HALF_RANGE, RDD_OVERRIDES
 
 
 def test_quick_demo_writes_table_pictures_and_reuses_runs(tmp_path, capsys):
@@ -24,6 +24,11 @@ def test_quick_demo_writes_table_pictures_and_reuses_runs(tmp_path, capsys):
         key, value = override.removeprefix("distill.rdd.").split("=")
         assert str(stored[key]) == value
     assert yaml.safe_load((out / "student" / "config.yaml").read_text())["distill"]["method"] == "none"
+    # All three see the demo's compact world through the same range.
+    for run in ("teacher", "student", "student_rdd"):
+        stored = yaml.safe_load((out / run / "config.yaml").read_text())
+        assert stored["model"]["overrides"]["point_cloud_range"][3] == DEMO_HALF_RANGE
+        assert stored["data"]["world"]["scene_radius"] < DEMO_HALF_RANGE
     # A second run finds the finished runs and trains nothing.
     assert main(["demo", "--quick", "--out", str(out)]) == 0
     assert capsys.readouterr().out.count("reusing") == 3
