@@ -16,14 +16,13 @@ from pathlib import Path
 
 import torch
 
-from rdd3d.data.collate import collate_frames
-from rdd3d.data.synthetic import SyntheticDataset
-from rdd3d.data.synthetic.config import WorldConfig
-from rdd3d.data.transforms import crop_to_range
+from rdd3d.data.synthetic import WorldConfig
 from rdd3d.demo import FULL, STUDENT, TEACHER, demo_config
 from rdd3d.engine.detection_task import DetectorTraining
 from rdd3d.engine.runs import build_model, distillation_trainee
 from rdd3d.fileio import write_json
+
+from distill_pair import synthetic_batches  # benchmarks/ is the script's directory
 
 
 def ms_per_frame(trainee: torch.nn.Module, batches: list, batch_size: int, warmup: int = 2) -> float:
@@ -61,9 +60,7 @@ def main() -> None:
         for config in (teacher_config, rdd_config, student_config):
             config.model.overrides, config.data.world = {}, WorldConfig()
     teacher = build_model(teacher_config)
-    frames = SyntheticDataset("train", (args.steps + 2) * batch_size, seed=0, config=teacher_config.data.world)
-    cropped = [crop_to_range(frame, teacher.point_cloud_range) for frame in frames]
-    batches = [collate_frames(cropped[i:i + batch_size]) for i in range(0, len(cropped), batch_size)]
+    batches = synthetic_batches(teacher_config.data.world, teacher.point_cloud_range, batch_size, args.steps + 2)
 
     results = {
         "teacher": ms_per_frame(DetectorTraining(teacher), batches, batch_size),
