@@ -74,3 +74,37 @@ def test_empty_input():
     empty = torch.zeros(0, 7)
     assert rotated_nms(empty, torch.zeros(0), 0.2).numel() == 0
     assert circle_nms(empty, torch.zeros(0), 1.0).numel() == 0
+
+
+def _reference_greedy(boxes, scores, overlap_matrix, post_max_size=None):
+    """Textbook greedy NMS over the full overlap matrix of the score-sorted boxes."""
+    order = torch.argsort(scores, descending=True, stable=True)
+    overlaps = overlap_matrix(boxes[order])
+    kept, removed = [], torch.zeros(len(order), dtype=torch.bool)
+    for position in range(len(order)):
+        if not removed[position]:
+            kept.append(position)
+            removed |= overlaps[position]
+    return order[kept][:post_max_size].tolist()
+
+
+@pytest.mark.parametrize("post_max_size", [None, 7, 150])
+def test_block_by_block_nms_keeps_what_the_full_matrix_keeps(post_max_size):
+    # 300 candidates in clusters around 40 objects (a decoded heatmap's blobs), more than four blocks.
+    from rdd3d.evaluation.geometry import bev_iou
+
+    generator = torch.Generator().manual_seed(3)
+    centres = torch.rand(40, 2, generator=generator) * 60 - 30
+    owner = torch.randint(0, 40, (300,), generator=generator)
+    xy = centres[owner] + torch.randn(300, 2, generator=generator) * 0.6
+    size = torch.rand(300, 2, generator=generator) * 3 + 0.5
+    yaw = torch.rand(300, 1, generator=generator) * 6.28
+    boxes = torch.cat([xy, torch.zeros(300, 1), size, torch.ones(300, 1), yaw], dim=1)
+    scores = torch.rand(300, generator=generator)
+    for threshold in (0.05, 0.2, 0.5):
+        expected = _reference_greedy(boxes, scores, lambda b: bev_iou(b, b) > threshold, post_max_size)
+        assert rotated_nms(boxes, scores, threshold, post_max_size=post_max_size).tolist() == expected
+    distance = 1.0
+    expected = _reference_greedy(boxes, scores, lambda b: torch.cdist(b[:, :2], b[:, :2]) ** 2 <= distance,
+                                 post_max_size)
+    assert circle_nms(boxes, scores, distance, post_max_size=post_max_size).tolist() == expected
