@@ -1,0 +1,74 @@
+"""The demo's student runs under other RDD settings: how fast each student's heatmap loss falls.
+
+Trains CP-Voxel-XXS in the demo's world and budget (its frames, batch 2; ``--epochs`` of them) without
+KD and with RDD under each ``--variant`` (the demo's RDD settings plus the variant's field changes),
+distilling from a trained demo teacher, then prints the mean heatmap focal loss of each quarter of
+training and the final mAP on the demo's validation frames. Finished runs are reused.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/demo_students.py --teacher runs/demo-idle/teacher/last.pt \\
+        --epochs 2 --variant demo --variant logit-only:use_feature=false --variant feature-only:use_logit=false
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+
+from rdd3d.demo import FULL, STUDENT, demo_config
+from rdd3d.engine.benchmark import train_or_reuse
+
+
+def parse_variant(text: str) -> tuple[str, dict[str, str]]:
+    """``name`` or ``name:field=value,field=value`` (RDDConfig fields)."""
+    name, _, fields = text.partition(":")
+    changes = dict(item.split("=", 1) for item in fields.split(",") if item)
+    return name, changes
+
+
+def rdd_changes(rdd_config, changes: dict[str, str]):
+    typed = {}
+    for field, value in changes.items():
+        current = getattr(rdd_config, field)  # an unknown field raises AttributeError naming it
+        typed[field] = value.lower() == "true" if isinstance(current, bool) else type(current)(value)
+    return dataclasses.replace(rdd_config, **typed)
+
+
+def heatmap_quarters(log_path: Path) -> list[float]:
+    records = [json.loads(line) for line in log_path.read_text().splitlines()]
+    losses = [r["loss/det/heatmap"] for r in records if r.get("kind") == "train"]
+    quarter = max(len(losses) // 4, 1)
+    return [sum(losses[i:i + quarter]) / len(losses[i:i + quarter]) for i in range(0, quarter * 4, quarter)]
+
+
+def final_map(log_path: Path) -> float:
+    evals = [json.loads(line) for line in log_path.read_text().splitlines() if '"eval"' in line]
+    return evals[-1]["mAP"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--teacher", type=Path, required=True, help="a trained demo teacher checkpoint")
+    parser.add_argument("--epochs", type=int, default=FULL.student_epochs)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--variant", action="append", default=[],
+                        help="name[:rdd_field=value,...] on top of the demo's RDD settings (repeatable)")
+    parser.add_argument("--out", type=Path, default=Path("runs/demo-students"))
+    args = parser.parse_args()
+
+    runs = {"none": ("none", {})} | {name: ("rdd", changes) for name, changes in map(parse_variant, args.variant)}
+    print(f"| student | heatmap loss by quarter of training | mAP |\n|---|---|---:|")
+    for name, (method, changes) in runs.items():
+        config = demo_config(args.out / name / f"seed{args.seed}", STUDENT, method, FULL, args.epochs, args.seed)
+        config.trainer.eval_interval = args.epochs
+        if method == "rdd":
+            config.distill.teacher_checkpoint = str(args.teacher)
+            config.distill.rdd = rdd_changes(config.distill.rdd, changes)
+        log = train_or_reuse(config).checkpoint.parent / "log.jsonl"
+        quarters = " / ".join(f"{value:.2f}" for value in heatmap_quarters(log))
+        print(f"| {name} | {quarters} | {100 * final_map(log):.1f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
