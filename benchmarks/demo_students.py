@@ -58,7 +58,7 @@ def main() -> None:
     args = parser.parse_args()
 
     runs = {"none": ("none", {})} | {name: ("rdd", changes) for name, changes in map(parse_variant, args.variant)}
-    print(f"| student | heatmap loss by quarter of training | mAP |\n|---|---|---:|")
+    print("| student | heatmap loss by quarter of training | mAP |\n|---|---|---:|")
     for name, (method, changes) in runs.items():
         config = demo_config(args.out / name / f"seed{args.seed}", STUDENT, method, FULL, args.epochs, args.seed)
         config.trainer.eval_interval = args.epochs
