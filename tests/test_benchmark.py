@@ -152,6 +152,15 @@ def test_summary_and_table_mean_std_delta_and_cost():
     assert "| none (cp-voxel-xxs) | 40.0 ± 0.0 | 20.0 ± 0.0 |  |" in table
 
 
+def test_only_runs_the_named_rows_and_no_kd_and_refuses_unknown_names(tmp_path):
+    plan = load_plan(SMOKE, ["only=[rdd-lam0]", LAMBDA_ZERO, "methods=[rdd,kd]"])
+    assert [row.name for row in plan.rows()] == ["none", "rdd-lam0"]
+    assert [row.name for row in plan.all_rows()] == ["none", "rdd", "kd", "rdd-lam0"]
+    assert {run.row for run in plan_runs(plan, tmp_path)} == {"teacher", "none", "rdd-lam0"}
+    with pytest.raises(ValueError, match="only: 'rdd-lam1' is not a row of the plan"):
+        load_plan(SMOKE, ["only=[rdd-lam1]", LAMBDA_ZERO])
+
+
 def test_config_differences_name_each_changed_leaf():
     stored = {"trainer": {"epochs": 1, "seed": 0}, "output_dir": "a"}
     planned = {"trainer": {"epochs": 2, "seed": 0}, "output_dir": "a", "extra": 1}

@@ -78,6 +78,7 @@ class BenchmarkPlan:
     methods: list[str] = field(default_factory=list)  # rows with each method's defaults; "none" always runs
     variants: list[VariantPlan] = field(default_factory=list)  # further rows, after the methods
     seeds: list[int] = field(default_factory=lambda: [0])  # trainer.seed of every student row
+    only: list[str] = field(default_factory=list)  # run just these rows (by name; no KD always runs); empty: all
     overrides: list[str] = field(default_factory=list)  # run-config overrides of every run, teachers too
     teacher_overrides: list[str] = field(default_factory=list)  # teachers only, applied after `overrides`
     teacher_seed: int = 0
@@ -94,11 +95,13 @@ class BenchmarkPlan:
                      for method in self.methods if method not in METHODS]
         problems += [f"variants.{v.name}.method {v.method!r} is not a method (known: {list(METHODS)})"
                      for v in self.variants if v.method not in METHODS]
-        names = [row.name for row in self.rows()]
+        names = [row.name for row in self.all_rows()]
         problems += [f"row name {name!r} must match {_ROW_NAME.pattern}" for name in names
                      if not _ROW_NAME.fullmatch(name)]
         problems += [f"row name {name!r} appears twice (methods and variants name the rows)"
                      for name in sorted({n for n in names if names.count(n) > 1})]
+        problems += [f"only: {name!r} is not a row of the plan (rows: {names})" for name in self.only
+                     if name not in names]
         checks = {
             "pairs": (bool(self.pairs), "at least one teacher/student pair"),
             "seeds": (bool(self.seeds) and len(set(self.seeds)) == len(self.seeds), "one or more distinct seeds"),
@@ -111,11 +114,15 @@ class BenchmarkPlan:
         if problems:
             raise ValueError("benchmark plan: " + "; ".join(problems))
 
-    def rows(self) -> list[VariantPlan]:
+    def all_rows(self) -> list[VariantPlan]:
         """The student rows in table order: no KD, each method with its defaults, each variant."""
         rows = [VariantPlan(NO_KD_ROW, "none")]
         rows += [VariantPlan(method, method) for method in self.methods if method != NO_KD_ROW]
         return rows + list(self.variants)
+
+    def rows(self) -> list[VariantPlan]:
+        """The rows to run: every row, or no KD and those named in ``only``."""
+        return [row for row in self.all_rows() if not self.only or row.name in (NO_KD_ROW, *self.only)]
 
 
 def load_plan(path: str | Path, overrides: Sequence[str] = ()) -> BenchmarkPlan:
