@@ -12,39 +12,23 @@ training and the final mAP on the demo's validation frames. Finished runs are re
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 from pathlib import Path
 
 from rdd3d.demo import FULL, STUDENT, demo_config
 from rdd3d.engine.benchmark import train_or_reuse
+from rdd3d.engine.run_logging import read_log
 
 
-def parse_variant(text: str) -> tuple[str, dict[str, str]]:
-    """``name`` or ``name:field=value,field=value`` (RDDConfig fields)."""
+def parse_variant(text: str) -> tuple[str, list[str]]:
+    """``name`` or ``name:field=value,field=value`` (RDDConfig fields) -> name, run-config overrides."""
     name, _, fields = text.partition(":")
-    changes = dict(item.split("=", 1) for item in fields.split(",") if item)
-    return name, changes
-
-
-def rdd_changes(rdd_config, changes: dict[str, str]):
-    typed = {}
-    for field, value in changes.items():
-        current = getattr(rdd_config, field)  # an unknown field raises AttributeError naming it
-        typed[field] = value.lower() == "true" if isinstance(current, bool) else type(current)(value)
-    return dataclasses.replace(rdd_config, **typed)
+    return name, [f"distill.rdd.{item}" for item in fields.split(",") if item]
 
 
 def heatmap_quarters(log_path: Path) -> list[float]:
-    records = [json.loads(line) for line in log_path.read_text().splitlines()]
-    losses = [r["loss/det/heatmap"] for r in records if r.get("kind") == "train"]
+    losses = [record["loss/det/heatmap"] for record in read_log(log_path, "train")]
     quarter = max(len(losses) // 4, 1)
     return [sum(losses[i:i + quarter]) / len(losses[i:i + quarter]) for i in range(0, quarter * 4, quarter)]
-
-
-def final_map(log_path: Path) -> float:
-    evals = [json.loads(line) for line in log_path.read_text().splitlines() if '"eval"' in line]
-    return evals[-1]["mAP"]
 
 
 def main() -> None:
@@ -57,17 +41,16 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/demo-students"))
     args = parser.parse_args()
 
-    runs = {"none": ("none", {})} | {name: ("rdd", changes) for name, changes in map(parse_variant, args.variant)}
+    runs = {"none": ("none", [])} | {name: ("rdd", overrides) for name, overrides in map(parse_variant, args.variant)}
     print("| student | heatmap loss by quarter of training | mAP |\n|---|---|---:|")
-    for name, (method, changes) in runs.items():
-        config = demo_config(args.out / name / f"seed{args.seed}", STUDENT, method, FULL, args.epochs, args.seed)
-        config.trainer.eval_interval = args.epochs
+    for name, (method, overrides) in runs.items():
+        config = demo_config(args.out / name / f"seed{args.seed}", STUDENT, method, FULL, args.epochs, args.seed,
+                             overrides)
         if method == "rdd":
             config.distill.teacher_checkpoint = str(args.teacher)
-            config.distill.rdd = rdd_changes(config.distill.rdd, changes)
         log = train_or_reuse(config).checkpoint.parent / "log.jsonl"
         quarters = " / ".join(f"{value:.2f}" for value in heatmap_quarters(log))
-        print(f"| {name} | {quarters} | {100 * final_map(log):.1f} |", flush=True)
+        print(f"| {name} | {quarters} | {100 * read_log(log, 'eval')[-1]['mAP']:.1f} |", flush=True)
 
 
 if __name__ == "__main__":

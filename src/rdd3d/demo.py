@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
@@ -121,14 +122,16 @@ def format_table(rows: list[DemoRow]) -> str:
     return "\n".join(lines)
 
 
-def demo_config(output_dir: Path, preset: str, method: str, budget: DemoBudget, epochs: int, seed: int) -> RunConfig:
-    """The run config of one of the demo's runs (its world, range, budget and RDD settings)."""
+def demo_config(output_dir: Path, preset: str, method: str, budget: DemoBudget, epochs: int, seed: int,
+                overrides: Sequence[str] = ()) -> RunConfig:
+    """The run config of one of the demo's runs (its world, range, budget and RDD settings), then
+    ``overrides`` (``--set`` style)."""
     return load_run_config(overrides=[
         f"output_dir={output_dir}", f"model.preset={preset}", f"distill.method={method}",
         f"data.train_size={budget.train_frames}", f"data.val_size={budget.val_frames}",
         f"trainer.epochs={epochs}", f"trainer.batch_size={budget.batch_size}", "trainer.num_workers=0",
         f"trainer.eval_interval={epochs}", f"trainer.seed={seed}", *WORLD_OVERRIDES,
-        *(RDD_OVERRIDES if method == "rdd" else ()),
+        *(RDD_OVERRIDES if method == "rdd" else ()), *overrides,
     ])
 
 
