@@ -66,3 +66,16 @@ def test_taps_record_named_outputs_and_report_bad_names(batch):
     recorder.remove()
     with pytest.raises(ValueError, match="no submodule 'neck'.*backbone_2d"):
         TapRecorder(teacher, {"bev": TapSpec("neck")})
+
+
+def test_teacher_is_held_outside_the_trainees_state_and_moves_with_it():
+    teacher, student = _pair()
+    loss = NeckMSE(student.backbone_2d.out_channels, teacher.backbone_2d.out_channels)
+    distiller = Distiller(teacher, student, [loss])
+    keys = set(distiller.state_dict())
+    assert keys == {f"student.{k}" for k in student.state_dict()} | {f"losses.0.{k}" for k in loss.state_dict()}
+    trainable = {id(p) for p in distiller.parameters()}
+    assert not trainable & {id(p) for p in teacher.parameters()}
+    distiller.to(torch.float64)
+    assert all(t.dtype == torch.float64 for t in teacher.state_dict().values() if t.is_floating_point())
+    assert distiller.teacher is teacher

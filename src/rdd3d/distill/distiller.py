@@ -3,6 +3,11 @@
 It is a trainee for :class:`rdd3d.engine.trainer.Trainer` (``forward(batch)`` -> loss terms). It
 wraps any detector that returns its output from ``forward(points)``, offers ``loss``/``decode`` and
 states its BEV geometry; intermediate maps come from taps (forward hooks), never from a subclass.
+
+The teacher is held, not registered as a submodule: the trainee's parameters, state dict, checkpoints,
+DistributedDataParallel buffer broadcasts and SyncBatchNorm conversion are the student's and the losses'
+only. Device and dtype moves (``.to``) still reach it. Its weights live in its own checkpoint, which
+``distill.teacher_checkpoint`` names.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ class Distiller(nn.Module):
         detection_loss: DetectionLoss = detection_loss_terms,
     ) -> None:
         super().__init__()
-        self.teacher = teacher
+        self._held_teacher = (teacher,)  # a tuple: nn.Module does not register what it holds
         self.student = student
         self.losses = nn.ModuleList(losses)
         self.detection_loss = detection_loss
@@ -38,6 +43,15 @@ class Distiller(nn.Module):
         self._teacher_taps = TapRecorder(teacher, taps)
         self._student_taps = TapRecorder(student, taps)
         self._geometry = (BEVGeometry.of(teacher), BEVGeometry.of(student))
+
+    @property
+    def teacher(self) -> nn.Module:
+        return self._held_teacher[0]
+
+    def _apply(self, fn, recurse: bool = True):
+        # .to(), .cuda(), .double() and the like all come through here; move the held teacher alike.
+        self.teacher._apply(fn, recurse)
+        return super()._apply(fn, recurse)
 
     def train(self, mode: bool = True) -> "Distiller":
         super().train(mode)
