@@ -1,7 +1,8 @@
 """The demo's student runs under other RDD settings: how fast each student's heatmap loss falls.
 
 Trains CP-Voxel-XXS in the demo's world and budget (its frames, batch 2; ``--epochs`` of them) without
-KD and with RDD under each ``--variant`` (the demo's RDD settings plus the variant's field changes),
+KD and with RDD under each ``--variant`` (the demo's RDD settings plus the variant's field changes;
+``--set`` changes every run, e.g. the batch size),
 distilling from a trained demo teacher, then prints the mean heatmap focal loss of each quarter of
 training and the final mAP on the demo's validation frames. Finished runs are reused.
 
@@ -38,6 +39,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--variant", action="append", default=[],
                         help="name[:rdd_field=value,...] on top of the demo's RDD settings (repeatable)")
+    parser.add_argument("--set", dest="common", action="append", default=[], metavar="KEY=VALUE",
+                        help="a run-config override of every run, no KD included, e.g. trainer.batch_size=4 "
+                             "(give such runs their own --out)")
     parser.add_argument("--out", type=Path, default=Path("runs/demo-students"))
     args = parser.parse_args()
 
@@ -45,7 +49,7 @@ def main() -> None:
     print("| student | heatmap loss by quarter of training | mAP |\n|---|---|---:|")
     for name, (method, overrides) in runs.items():
         config = demo_config(args.out / name / f"seed{args.seed}", STUDENT, method, FULL, args.epochs, args.seed,
-                             overrides)
+                             [*args.common, *overrides])
         if method == "rdd":
             config.distill.teacher_checkpoint = str(args.teacher)
         log = train_or_reuse(config).checkpoint.parent / "log.jsonl"
