@@ -1,9 +1,9 @@
 """The demo's student runs under other RDD settings: how fast each student's heatmap loss falls.
 
-Trains CP-Voxel-XXS in the demo's world and budget (its frames, batch 2; ``--epochs`` of them) without
-KD and with RDD under each ``--variant`` (the demo's RDD settings plus the variant's field changes;
-``--set`` changes every run, e.g. the batch size),
-distilling from a trained demo teacher, then prints the mean heatmap focal loss of each quarter of
+Trains CP-Voxel-XXS in the demo's world and budget (its frames, batch 2, the students' learning rate;
+``--epochs`` of them) without KD and with RDD under each ``--variant`` (the demo's RDD settings plus the
+variant's field changes; ``--set`` changes every run, e.g. the batch size), distilling from a trained
+demo teacher, then prints the mean heatmap focal loss of each quarter of
 training and the final mAP on the demo's validation frames. Finished runs are reused.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/demo_students.py --teacher runs/demo-idle/teacher/last.pt \\
@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from rdd3d.demo import FULL, STUDENT, demo_config
+from rdd3d.demo import FULL, STUDENT, STUDENT_OVERRIDES, demo_config
 from rdd3d.engine.benchmark import train_or_reuse
 from rdd3d.engine.run_logging import read_log
 
@@ -49,7 +49,7 @@ def main() -> None:
     print("| student | heatmap loss by quarter of training | mAP |\n|---|---|---:|")
     for name, (method, overrides) in runs.items():
         config = demo_config(args.out / name / f"seed{args.seed}", STUDENT, method, FULL, args.epochs, args.seed,
-                             [*args.common, *overrides])
+                             [*STUDENT_OVERRIDES, *args.common, *overrides])
         if method == "rdd":
             config.distill.teacher_checkpoint = str(args.teacher)
         log = train_or_reuse(config).checkpoint.parent / "log.jsonl"

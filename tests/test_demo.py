@@ -5,7 +5,8 @@ import json
 import yaml
 
 from rdd3d.cli import main
-from rdd3d.demo import DEMO_HALF_RANGE, RDD_OVERRIDES
+from rdd3d.demo import DEMO_HALF_RANGE, RDD_OVERRIDES, STUDENT_OVERRIDES
+from rdd3d.engine.config import load_run_config
 
 
 def test_quick_demo_writes_table_pictures_and_reuses_runs(tmp_path, capsys):
@@ -24,6 +25,11 @@ def test_quick_demo_writes_table_pictures_and_reuses_runs(tmp_path, capsys):
         key, value = override.removeprefix("distill.rdd.").split("=")
         assert str(stored[key]) == value
     assert yaml.safe_load((out / "student" / "config.yaml").read_text())["distill"]["method"] == "none"
+    # Both students train at the demo's student learning rate, the teacher at the default.
+    student_lr = load_run_config(overrides=list(STUDENT_OVERRIDES)).optim.lr
+    assert student_lr != load_run_config().optim.lr
+    for run, lr in (("teacher", load_run_config().optim.lr), ("student", student_lr), ("student_rdd", student_lr)):
+        assert yaml.safe_load((out / run / "config.yaml").read_text())["optim"]["lr"] == lr
     # All three see the demo's compact world through the same range.
     for run in ("teacher", "student", "student_rdd"):
         stored = yaml.safe_load((out / run / "config.yaml").read_text())
