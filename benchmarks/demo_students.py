@@ -3,8 +3,8 @@
 Trains CP-Voxel-XXS in the demo's world and budget (its frames, batch 2, the students' learning rate;
 ``--epochs`` of them) without KD and with RDD under each ``--variant`` (the demo's RDD settings plus the
 variant's field changes; ``--set`` changes every run, e.g. the batch size), distilling from a trained
-demo teacher, then prints the mean heatmap focal loss of each quarter of
-training and the final mAP on the demo's validation frames. Finished runs are reused.
+demo teacher, then prints the mean heatmap focal loss of each quarter of training and the final mAP on
+the demo's validation frames. Finished runs are reused.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/demo_students.py --teacher runs/demo-idle/teacher/last.pt \\
         --epochs 2 --variant demo --variant logit-only:use_feature=false --variant feature-only:use_logit=false
