@@ -25,14 +25,14 @@ def test_quick_demo_writes_table_pictures_and_reuses_runs(tmp_path, capsys):
         key, value = override.removeprefix("distill.rdd.").split("=")
         assert str(stored[key]) == value
     assert yaml.safe_load((out / "student" / "config.yaml").read_text())["distill"]["method"] == "none"
-    # Both students train at the demo's student learning rate, the teacher at the default.
+    # All three see the demo's compact world through the same range; both students train at the demo's
+    # student learning rate, the teacher at the default.
+    default_lr = load_run_config().optim.lr
     student_lr = load_run_config(overrides=list(STUDENT_OVERRIDES)).optim.lr
-    assert student_lr != load_run_config().optim.lr
-    for run, lr in (("teacher", load_run_config().optim.lr), ("student", student_lr), ("student_rdd", student_lr)):
-        assert yaml.safe_load((out / run / "config.yaml").read_text())["optim"]["lr"] == lr
-    # All three see the demo's compact world through the same range.
-    for run in ("teacher", "student", "student_rdd"):
+    assert student_lr != default_lr
+    for run, lr in (("teacher", default_lr), ("student", student_lr), ("student_rdd", student_lr)):
         stored = yaml.safe_load((out / run / "config.yaml").read_text())
+        assert stored["optim"]["lr"] == lr
         assert stored["model"]["overrides"]["point_cloud_range"][3] == DEMO_HALF_RANGE
         assert stored["data"]["world"]["scene_radius"] < DEMO_HALF_RANGE
     # A second run finds the finished runs and trains nothing.
