@@ -1,14 +1,12 @@
 """The demo's quick variant: the whole story runs and writes what a person looks at."""
 
+import dataclasses
 import json
 
+import pytest
 import yaml
 
 from rdd3d.cli import main
-import dataclasses
-
-import pytest
-
 from rdd3d.demo import DEMO_HALF_RANGE, QUICK, RDD_OVERRIDES, STUDENT_OVERRIDES, TEACHER_OVERRIDES, write_world
 from rdd3d.engine.config import load_run_config
 

@@ -7,7 +7,6 @@ frames and writes a table, BEV pictures of their detections on one frame, and th
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ from typing import Sequence
 import torch
 
 from rdd3d.data.synthetic import SyntheticDataset
-from rdd3d.data.synthetic.disk import simulate
+from rdd3d.data.synthetic.disk import split_entry, write_dataset
 from rdd3d.data.types import Boxes3D
 from rdd3d.engine.benchmark import measure_checkpoint, train_or_reuse, validation_frames
 from rdd3d.engine.config import RunConfig, load_run_config
@@ -159,15 +158,14 @@ def write_world(root: Path, budget: DemoBudget) -> Path:
     that its three runs and the final measurement read them instead of simulating each its own copy.
     A folder already holding exactly these frames is kept; one holding others is an error."""
     data = load_run_config(overrides=list(WORLD_OVERRIDES)).data
-    wanted = {split: {"seed": data.seed, "world_config": dataclasses.asdict(data.world),
-                      "frames": [dataset.frame_id(i) for i in range(len(dataset))]}
-              for split, dataset in (("train", SyntheticDataset("train", budget.train_frames, data.seed, data.world)),
-                                     ("val", SyntheticDataset("val", budget.val_frames, data.seed, data.world)))}
+    datasets = {split: SyntheticDataset(split, size, data.seed, data.world)
+                for split, size in (("train", budget.train_frames), ("val", budget.val_frames))}
     manifest_path = root / "dataset.json"
     if not manifest_path.is_file():  # written last: a simulation killed half-way is simply redone
-        simulate(root, budget.train_frames, budget.val_frames, data.seed, data.world)
+        write_dataset(root, datasets)
     # Through JSON so that tuples compare equal to the lists they are stored as.
-    if json.loads(json.dumps(wanted)) != json.loads(manifest_path.read_text(encoding="utf-8")).get("splits"):
+    wanted = json.loads(json.dumps({split: split_entry(dataset) for split, dataset in datasets.items()}))
+    if wanted != json.loads(manifest_path.read_text(encoding="utf-8")).get("splits"):
         raise ValueError(f"{manifest_path}: holds another world than this demo's ({budget.train_frames} train and "
                          f"{budget.val_frames} val frames of the demo's world); delete {root} or pick another --out")
     return root

@@ -59,14 +59,16 @@ def write_dataset(root: str | os.PathLike, datasets: Mapping[str, SyntheticDatas
         "classes": list(next(iter(class_names), ())),
         "point_columns": list(POINT_COLUMNS),
         "class_ranges": CLASS_RANGES,
-        "splits": {
-            split: {"seed": d.seed, "world_config": dataclasses.asdict(d.config),
-                    "frames": [d.frame_id(i) for i in range(len(d))]}
-            for split, d in datasets.items()
-        },
+        "splits": {split: split_entry(d) for split, d in datasets.items()},
     }
     write_json(root / "dataset.json", manifest)
     return root / "dataset.json"
+
+
+def split_entry(dataset: SyntheticDataset) -> dict:
+    """What dataset.json records of a split: its seed, world config and frame ids."""
+    return {"seed": dataset.seed, "world_config": dataclasses.asdict(dataset.config),
+            "frames": [dataset.frame_id(i) for i in range(len(dataset))]}
 
 
 def simulate(root: str | os.PathLike, train_size: int, val_size: int, seed: int = 0,
