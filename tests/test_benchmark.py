@@ -9,7 +9,7 @@ import torch
 from rdd3d.cli import EXIT_USAGE, main
 from rdd3d.engine.benchmark import (
     BenchmarkPlan, BenchmarkResults, PairPlan, RunResult, VariantPlan, config_differences, format_markdown,
-    load_plan, plan_runs, summarise, train_or_reuse,
+    load_plan, paired_gains, plan_runs, summarise, train_or_reuse,
 )
 from rdd3d.engine.checkpoint import load_checkpoint, save_checkpoint
 from rdd3d.engine.config_loading import ConfigError
@@ -49,6 +49,9 @@ def test_smoke_benchmark_writes_every_run_and_report(smoke_run):
     assert "loss/rdd/feature" in lam0[-1]
     assert "lam: 0.0" in (smoke_run / pair / "rdd-lam0" / "seed0" / "config.yaml").read_text()
     assert [row["row"] for row in results["summary"][pair]] == ["teacher", "none", "rdd", "rdd-lam0"]
+    none, rdd = results["paired"][pair][:2]
+    assert rdd["row"] == "rdd" and rdd["mean_gain"] == pytest.approx(rdd["gain_by_seed"]["0"])
+    assert rdd["gain_by_seed"]["0"] == pytest.approx(rdd["mAP_by_seed"]["0"] - none["mAP_by_seed"]["0"])
     table = (smoke_run / "results.md").read_text()
     for line in ("| teacher (cp-voxel) |", "| none (cp-voxel-xxs) |", "| rdd |", "| rdd-lam0 |"):
         assert line in table
@@ -136,20 +139,29 @@ def _result(row: str, seed: int, mAP: float, cost: float, method: str = "rdd",
 
 
 def test_summary_and_table_mean_std_delta_and_cost():
-    plan = BenchmarkPlan(pairs=[PairPlan("cp-voxel", "cp-voxel-xxs")], methods=["rdd"], seeds=[0, 1],
+    plan = BenchmarkPlan(pairs=[PairPlan("cp-voxel", "cp-voxel-xxs")], methods=["rdd", "kd"], seeds=[0, 1],
                          variants=[VariantPlan("rdd-lam0", "rdd", ["distill.rdd.lam=0"])])
     runs = [_result("teacher", 0, 0.6, 50.0, "none", "cp-voxel"),
-            _result("rdd", 0, 0.45, 30.0), _result("rdd", 1, 0.55, 34.0),
-            _result("none", 0, 0.40, 20.0, "none"), _result("none", 1, 0.40, 20.0, "none")]
+            _result("rdd", 0, 0.45, 30.0), _result("rdd", 1, 0.55, 34.0), _result("kd", 1, 0.30, 25.0, "kd"),
+            _result("none", 0, 0.40, 20.0, "none"), _result("none", 1, 0.35, 20.0, "none")]
     results = BenchmarkResults(plan, runs, 7, "cpu", 1)
     rows = summarise(results)["cp-voxel-xxs-from-cp-voxel"]
-    assert [row.row for row in rows] == ["teacher", "none", "rdd"]  # table order; no run of rdd-lam0
+    assert [row.row for row in rows] == ["teacher", "none", "rdd", "kd"]  # table order; no run of rdd-lam0
     rdd = rows[2]
     assert rdd.seeds == 2 and rdd.mAP == pytest.approx(0.5) and rdd.mAP_std == pytest.approx(0.0707107)
-    table = format_markdown(results, {"cp-voxel-xxs-from-cp-voxel": rows})
-    assert "| rdd | 50.0 ± 7.1 | 25.0 ± 3.5 | +10.0 | 0.50 | 1.00 | 20 | 32 (1.60×) |" in table
+    paired = paired_gains(results)
+    none, rdd_gain, kd_gain = paired["cp-voxel-xxs-from-cp-voxel"]
+    assert none.gain_by_seed == {} and none.mean_gain is None
+    assert rdd_gain.gain_by_seed == pytest.approx({0: 0.05, 1: 0.20}) and rdd_gain.seeds_won == 2
+    assert kd_gain.gain_by_seed == pytest.approx({1: -0.05}) and kd_gain.seeds_won == 0
+    table = format_markdown(results, {"cp-voxel-xxs-from-cp-voxel": rows}, paired)
+    assert "| rdd | 50.0 ± 7.1 | 25.0 ± 3.5 | +12.5 | 0.50 | 1.00 | 20 | 32 (1.60×) |" in table
     assert "| teacher (cp-voxel) | 60.0 | 30.0 |  | 0.50 | 1.00 | 20 | 50 |" in table
-    assert "| none (cp-voxel-xxs) | 40.0 ± 0.0 | 20.0 ± 0.0 |  |" in table
+    assert "| none (cp-voxel-xxs) | 37.5 ± 3.5 | 18.8 ± 1.8 |  |" in table
+    # Paired with no KD of the same seed; a row missing a seed is paired on the seeds it has.
+    assert "| none | 40.00 / 35.00 | | | |" in table
+    assert "| rdd | 45.00 / 55.00 | +5.00 / +20.00 | +12.50 | 2 of 2 |" in table
+    assert "| kd | – / 30.00 | – / -5.00 | -5.00 | 0 of 1 |" in table
 
 
 def test_only_runs_the_named_rows_and_no_kd_and_refuses_unknown_names(tmp_path):

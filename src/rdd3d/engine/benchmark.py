@@ -9,7 +9,8 @@ whose folder already holds it finished is reused, an interrupted one resumes. Ev
 (``last.pt``; ``best.pt`` would be chosen on the very frames we report) is evaluated on the same
 validation frames, its MACs counted on the first of them and its CPU latency timed; the training cost
 per frame comes from the run's ``log.jsonl``. The results land in ``results.json`` (every number of
-every seed), ``results.md`` (one table per pair) and ``results.png``.
+every seed), ``results.md`` (one table per pair and, over several seeds, each row's per-seed gain over
+the student without KD trained from the same seed) and ``results.png``.
 """
 
 from __future__ import annotations
@@ -396,10 +397,44 @@ def summarise(results: BenchmarkResults) -> dict[str, list[RowSummary]]:
             for pair in results.plan.pairs}
 
 
+@dataclass(frozen=True)
+class PairedGain:
+    """A student row against the student without KD trained from the same seed (same initialisation and
+    frame order): seeds spread scores more than methods move them, so the per-seed difference is the
+    fairer test of a method than the difference of the means."""
+
+    row: str
+    mAP_by_seed: dict[int, float]
+    gain_by_seed: dict[int, float]  # mAP minus no KD's, on the seeds both rows have
+
+    @property
+    def mean_gain(self) -> float | None:
+        return statistics.fmean(self.gain_by_seed.values()) if self.gain_by_seed else None
+
+    @property
+    def seeds_won(self) -> int:
+        return sum(gain > 0 for gain in self.gain_by_seed.values())
+
+
+def paired_gains(results: BenchmarkResults) -> dict[str, list[PairedGain]]:
+    """Per pair, its student rows in table order (no KD first, with no gains), each paired seed by seed
+    with no KD; empty for a pair without a no-KD run."""
+    paired = {}
+    for pair in results.plan.pairs:
+        by_row = {row: {run.seed: run.metrics["mAP"] for run in runs} for row, runs in results.rows(pair.name)
+                  if row != TEACHER_ROW}
+        no_kd = by_row.get(NO_KD_ROW)
+        paired[pair.name] = [] if no_kd is None else [
+            PairedGain(row, scores, {} if row == NO_KD_ROW else
+                       {seed: score - no_kd[seed] for seed, score in scores.items() if seed in no_kd})
+            for row, scores in by_row.items()]
+    return paired
+
+
 def write_reports(results: BenchmarkResults, out_dir: str | Path) -> None:
     """``results.json`` (every number), ``results.md`` (tables) and ``results.png`` (mAP per row)."""
     out_dir = Path(out_dir)
-    summary = summarise(results)
+    summary, paired = summarise(results), paired_gains(results)
     write_json(out_dir / "results.json", {
         "title": results.plan.title,
         "plan": dataclasses.asdict(results.plan),
@@ -409,12 +444,15 @@ def write_reports(results: BenchmarkResults, out_dir: str | Path) -> None:
                     "repeats": results.plan.latency_repeats, "statistic": "median ms per frame, forward only"},
         "runs": [dataclasses.asdict(run) for run in results.runs],
         "summary": {pair: [dataclasses.asdict(row) for row in rows] for pair, rows in summary.items()},
+        "paired": {pair: [{**dataclasses.asdict(row), "mean_gain": row.mean_gain, "seeds_won": row.seeds_won}
+                          for row in rows] for pair, rows in paired.items()},
     })
-    (out_dir / "results.md").write_text(format_markdown(results, summary), encoding="utf-8")
+    (out_dir / "results.md").write_text(format_markdown(results, summary, paired), encoding="utf-8")
     write_bytes(out_dir / "results.png", render_plot(results.plan.title, summary))
 
 
-def format_markdown(results: BenchmarkResults, summary: Mapping[str, list[RowSummary]]) -> str:
+def format_markdown(results: BenchmarkResults, summary: Mapping[str, list[RowSummary]],
+                    paired: Mapping[str, list[PairedGain]]) -> str:
     plan = results.plan
     lines = [f"# {plan.title}", "",
              f"Seeds {', '.join(map(str, plan.seeds))}; {results.validation_frames} validation frames; "
@@ -435,7 +473,26 @@ def format_markdown(results: BenchmarkResults, summary: Mapping[str, list[RowSum
             lines.append(f"| {name} | {_percent(row.mAP, row.mAP_std, row.seeds)} | "
                          f"{_percent(row.NDS, row.NDS_std, row.seeds)} | {delta} | {row.gmacs:.2f} | "
                          f"{row.params / 1e6:.2f} | {row.latency_ms:.0f} | {_cost(row, no_kd)} |")
+        if len(plan.seeds) > 1 and paired[pair.name]:
+            lines += _paired_table(paired[pair.name], plan.seeds)
     return "\n".join(lines) + "\n"
+
+
+def _paired_table(rows: Sequence[PairedGain], seeds: Sequence[int]) -> list[str]:
+    def per_seed(values: Mapping[int, float]) -> str:
+        return " / ".join(f"{100 * values[seed]:+.2f}" if seed in values else "–" for seed in seeds)
+
+    lines = ["", f"mAP per seed ({' / '.join(map(str, seeds))}) and the gain over no KD trained from the same seed:",
+             "", "| row | mAP per seed | gain per seed | mean gain | seeds won |", "|---|---|---|---:|---:|"]
+    for row in rows:
+        scores = " / ".join(f"{100 * row.mAP_by_seed[seed]:.2f}" if seed in row.mAP_by_seed else "–"
+                            for seed in seeds)
+        if row.row == NO_KD_ROW:
+            lines.append(f"| {row.row} | {scores} | | | |")
+        elif row.mean_gain is not None:
+            lines.append(f"| {row.row} | {scores} | {per_seed(row.gain_by_seed)} | {100 * row.mean_gain:+.2f} | "
+                         f"{row.seeds_won} of {len(row.gain_by_seed)} |")
+    return lines
 
 
 def _percent(mean: float, std: float, seeds: int) -> str:
