@@ -479,19 +479,18 @@ def format_markdown(results: BenchmarkResults, summary: Mapping[str, list[RowSum
 
 
 def _paired_table(rows: Sequence[PairedGain], seeds: Sequence[int]) -> list[str]:
-    def per_seed(values: Mapping[int, float]) -> str:
-        return " / ".join(f"{100 * values[seed]:+.2f}" if seed in values else "–" for seed in seeds)
+    def per_seed(values: Mapping[int, float], spec: str) -> str:  # in %, "–" for a seed not run
+        return " / ".join(f"{100 * values[seed]:{spec}}" if seed in values else "–" for seed in seeds)
 
     lines = ["", f"mAP per seed ({' / '.join(map(str, seeds))}) and the gain over no KD trained from the same seed:",
              "", "| row | mAP per seed | gain per seed | mean gain | seeds won |", "|---|---|---|---:|---:|"]
     for row in rows:
-        scores = " / ".join(f"{100 * row.mAP_by_seed[seed]:.2f}" if seed in row.mAP_by_seed else "–"
-                            for seed in seeds)
+        scores = per_seed(row.mAP_by_seed, ".2f")
         if row.row == NO_KD_ROW:
             lines.append(f"| {row.row} | {scores} | | | |")
         elif row.mean_gain is not None:
-            lines.append(f"| {row.row} | {scores} | {per_seed(row.gain_by_seed)} | {100 * row.mean_gain:+.2f} | "
-                         f"{row.seeds_won} of {len(row.gain_by_seed)} |")
+            lines.append(f"| {row.row} | {scores} | {per_seed(row.gain_by_seed, '+.2f')} | "
+                         f"{100 * row.mean_gain:+.2f} | {row.seeds_won} of {len(row.gain_by_seed)} |")
     return lines
 
 
