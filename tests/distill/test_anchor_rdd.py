@@ -132,10 +132,11 @@ def _teacher():
 def test_student_equal_to_the_anchor_teacher_gives_zero_logit_term(batch):
     teacher = _teacher()
     loss = _rdd(teacher.backbone_2d.out_channels)
-    distiller = Distiller(teacher, copy.deepcopy(teacher), [loss]).eval()
+    distiller = Distiller(teacher, copy.deepcopy(teacher), [loss], teacher_precision="fp32").eval()
     terms = distiller(batch)
     assert loss.last_pairs.num_teacher > 0
-    assert terms["rdd/logit"].item() == 0.0 and terms["rdd/feature"].item() == 0.0
+    # Zero up to rounding: the teacher's 2D convolutions run channels-last, the student's copy does not.
+    assert abs(terms["rdd/feature"].item()) < 1e-8 and abs(terms["rdd/logit"].item()) < 1e-8
 
 
 def test_gradients_reach_student_head_and_adapter_never_the_teacher(batch):

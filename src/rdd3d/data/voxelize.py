@@ -17,8 +17,10 @@ voxels), so it runs on whatever device the points are on.
 
 from __future__ import annotations
 
+import contextlib
+from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import NamedTuple, Sequence
+from typing import Iterator, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -42,6 +44,30 @@ class VoxelBatch(NamedTuple):
     coords: Tensor  # (V, 4) int32 (batch, z, y, x)
     grid_size: tuple[int, int, int]  # (nx, ny, nz)
     batch_size: int
+
+
+class _MadeBatch(NamedTuple):
+    voxelizer: "Voxelizer"
+    clouds: tuple[Tensor, ...]  # held, so that the identity check below cannot meet a recycled id
+    batch: VoxelBatch
+    most_voxels: int  # of any one cloud
+
+
+#: The batches made inside :func:`shared_voxelisation` (None outside it).
+_SHARED_BATCHES: ContextVar[list[_MadeBatch] | None] = ContextVar("rdd3d_shared_voxel_batches", default=None)
+
+
+@contextlib.contextmanager
+def shared_voxelisation() -> Iterator[None]:
+    """Inside the block, voxelising the same point tensors (the same objects) on the same grid again returns
+    the :class:`VoxelBatch` made the first time: a teacher and a student on one grid read one batch, and
+    their sparse convolutions can share rulebooks (:func:`rdd3d.models.sparse.rulebook.shared_rulebooks`).
+    Two ``max_voxels`` share a batch only when neither dropped a voxel (the results are then identical)."""
+    token = _SHARED_BATCHES.set([])
+    try:
+        yield
+    finally:
+        _SHARED_BATCHES.reset(token)
 
 
 @dataclass(frozen=True)
@@ -125,17 +151,34 @@ class Voxelizer:
         """Voxelise each cloud on its own (``max_voxels`` applies per cloud) and concatenate."""
         if len(clouds) == 0:
             raise ValueError("Voxelizer.voxelize_batch needs at least one point cloud")
+        shared = _SHARED_BATCHES.get()
+        if shared is not None:
+            for made in shared:
+                if self._can_reuse(made, clouds):
+                    return made.batch
         per_cloud = [self(points) for points in clouds]
         coords = torch.cat([
             torch.nn.functional.pad(v.coords, (1, 0), value=b) for b, v in enumerate(per_cloud)
         ])  # (V, 4) b z y x
-        return VoxelBatch(
+        batch = VoxelBatch(
             features=torch.cat([v.features for v in per_cloud]),
             num_points=torch.cat([v.num_points for v in per_cloud]),
             coords=coords,
             grid_size=self.grid_size,
             batch_size=len(clouds),
         )
+        if shared is not None:
+            shared.append(_MadeBatch(self, tuple(clouds), batch, max(len(v.num_points) for v in per_cloud)))
+        return batch
+
+    def _can_reuse(self, made: _MadeBatch, clouds: Sequence[Tensor]) -> bool:
+        other = made.voxelizer
+        same_grid = (other.voxel_size, other.point_cloud_range, other.max_points_per_voxel) == (
+            self.voxel_size, self.point_cloud_range, self.max_points_per_voxel)
+        same_clouds = len(made.clouds) == len(clouds) and all(a is b for a, b in zip(made.clouds, clouds))
+        # Below both limits no voxel was dropped by either, so the two results are the same.
+        same_limit = other.max_voxels == self.max_voxels or made.most_voxels < min(other.max_voxels, self.max_voxels)
+        return same_grid and same_clouds and same_limit
 
 
 def voxel_centers(

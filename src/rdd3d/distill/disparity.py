@@ -126,7 +126,9 @@ def measure_disparity(teacher: nn.Module, student: nn.Module, frames: Sequence[F
     if fit_psi and trained_psi is not None:
         raise ValueError("measure_disparity: fit_psi fits its own ψ; pass either fit_psi or trained_psi, not both")
     device = next(teacher.parameters()).device
-    distiller = Distiller(copy.deepcopy(teacher), copy.deepcopy(student).to(device), []).eval()
+    # A measurement: the teacher in full precision, not the training step's cheaper one.
+    distiller = Distiller(copy.deepcopy(teacher), copy.deepcopy(student).to(device), [],
+                          teacher_precision="fp32").eval()
 
     def steps() -> Iterator[DistillStep]:
         for start in range(0, len(frames), config.batch_size):

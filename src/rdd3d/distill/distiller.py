@@ -4,6 +4,12 @@ It is a trainee for :class:`rdd3d.engine.trainer.Trainer` (``forward(batch)`` ->
 wraps any detector that returns its output from ``forward(points)``, offers ``loss``/``decode`` and
 states its BEV geometry; intermediate maps come from taps (forward hooks), never from a subclass.
 
+The frozen teacher runs after the student, under ``torch.inference_mode`` and, by default, in reduced
+precision (``teacher_precision``: bf16 autocast on a CPU with native bf16, bf16 or fp16 on CUDA), with its
+2D convolutions in channels-last layout; what the losses read of it is handed over in float32. Both run
+inside :func:`~rdd3d.models.detector.shared_voxel_structure`, so a teacher on the student's voxel grid
+reuses the student's voxels and rulebooks.
+
 The teacher is held, not registered as a submodule: the trainee's parameters, state dict, checkpoints,
 DistributedDataParallel buffer broadcasts and SyncBatchNorm conversion are the student's and the losses'
 only. Device and dtype moves (``.to``) still reach it. Its weights live in its own checkpoint, which
@@ -12,15 +18,25 @@ only. Device and dtype moves (``.to``) still reach it. Its weights live in its o
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+import contextlib
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
+from torch.utils._pytree import tree_map
 
 from rdd3d.data.collate import DetectionBatch
 from rdd3d.distill.base import BEVGeometry, DetectionLoss, DistillLoss, DistillStep, ModelView
 from rdd3d.distill.taps import DETECTOR_TAPS, TapRecorder, TapSpec
 from rdd3d.engine.detection_task import detection_loss_terms
+from rdd3d.distill.precision import teacher_dtype
+from rdd3d.models.detector import shared_voxel_structure
+
+def _as_float32(tree: Any) -> Any:
+    """Floating tensors of a (nested) output as ordinary float32 tensors: inference-mode tensors cannot be
+    saved for the student's backward, so even an fp32 one is copied."""
+    return tree_map(lambda x: x.float() if isinstance(x, Tensor) and x.dtype != torch.float32 and x.is_floating_point()
+                    else x.clone() if isinstance(x, Tensor) else x, tree)
 
 
 class Distiller(nn.Module):
@@ -31,15 +47,21 @@ class Distiller(nn.Module):
         losses: Sequence[DistillLoss],
         taps: Mapping[str, TapSpec] = DETECTOR_TAPS,
         detection_loss: DetectionLoss = detection_loss_terms,
+        teacher_precision: str = "auto",
     ) -> None:
         super().__init__()
         self._held_teacher = (teacher,)  # a tuple: nn.Module does not register what it holds
         self.student = student
         self.losses = nn.ModuleList(losses)
         self.detection_loss = detection_loss
+        teacher_dtype(teacher_precision, torch.device("cpu"))  # checks the name now, not at the first step
+        self.teacher_precision = teacher_precision
         for parameter in self.teacher.parameters():
             parameter.requires_grad_(False)
         self.teacher.eval()
+        for module in self.teacher.modules():  # oneDNN's 2D convolutions run fastest on NHWC
+            if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+                module.to(memory_format=torch.channels_last)
         self._teacher_taps = TapRecorder(teacher, taps)
         self._student_taps = TapRecorder(student, taps)
         self._geometry = (BEVGeometry.of(teacher), BEVGeometry.of(student))
@@ -59,12 +81,21 @@ class Distiller(nn.Module):
         return self
 
     def step_views(self, batch: DetectionBatch) -> DistillStep:
-        """Run both models on the batch and collect what the losses read."""
-        with torch.no_grad():
-            teacher_output = self.teacher(batch.points)
-        teacher = ModelView(self.teacher, teacher_output, self._teacher_taps.take(), self._geometry[0])
-        student_output = self.student(batch.points)
-        student = ModelView(self.student, student_output, self._student_taps.take(), self._geometry[1])
+        """Run both models on the batch and collect what the losses read.
+
+        The student goes first: the voxels and rulebooks the teacher may reuse must be ordinary tensors, which
+        the student's backward can save (tensors made under inference mode cannot be)."""
+        with shared_voxel_structure():
+            student_output = self.student(batch.points)
+            student = ModelView(self.student, student_output, self._student_taps.take(), self._geometry[1])
+            device = batch.points[0].device if batch.points else torch.device("cpu")
+            dtype = teacher_dtype(self.teacher_precision, device)
+            with torch.inference_mode(), (torch.autocast(device.type, dtype=dtype) if dtype is not None
+                                          else contextlib.nullcontext()):
+                teacher_output = self.teacher(batch.points)
+                teacher_taps = self._teacher_taps.take()
+        teacher_output, teacher_taps = _as_float32((teacher_output, teacher_taps))
+        teacher = ModelView(self.teacher, teacher_output, teacher_taps, self._geometry[0])
         return DistillStep(batch, teacher, student)
 
     def forward(self, batch: DetectionBatch) -> dict[str, Tensor]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from rdd3d.distill.base import DistillLoss
+from rdd3d.distill.precision import TEACHER_PRECISIONS
 from rdd3d.distill.baselines import BASELINES, build_baseline
 from rdd3d.distill.baselines.fg import FGConfig
 from rdd3d.distill.baselines.gid import GIDFeatureConfig, GIDLogitConfig
@@ -28,6 +29,8 @@ class DistillConfig:
     method: str = "none"
     teacher_checkpoint: str = ""  # a checkpoint written by `rdd3d train`
     init_from_teacher: bool = False  # [ours, off] SparseKD's teacher-guided initialisation
+    # [ours] the frozen teacher's forward: auto (bf16 where the device has it natively), fp32, bf16, fp16
+    teacher_precision: str = "auto"
     rdd: RDDConfig = field(default_factory=RDDConfig)
     hint: HintConfig = field(default_factory=HintConfig)
     fg: FGConfig = field(default_factory=FGConfig)
@@ -40,6 +43,9 @@ class DistillConfig:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"distill.method={self.method!r}: expected one of {list(METHODS)}")
+        if self.teacher_precision not in TEACHER_PRECISIONS:
+            raise ValueError(f"distill.teacher_precision={self.teacher_precision!r}: expected one of "
+                             f"{list(TEACHER_PRECISIONS)}")
 
     def method_options(self):
         return getattr(self, self.method.replace("-", "_"))

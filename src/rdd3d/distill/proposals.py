@@ -1,10 +1,14 @@
-"""Region proposals for distillation: a model's own decoded detections, filtered per sample.
+"""Region proposals for distillation: the boxes a model detects, per sample, best first, detached.
 
-RDD pairs regions at the boxes each model detects (rdd-method §3). Per sample, in this order:
-scores strictly above ``score_threshold``, then greedy rotated BEV NMS at ``nms_iou`` over all of
-the model's detections together (**class-agnostic**: a proposal names a region of the map, and two
-overlapping boxes of different classes are the same region; counting it twice would weigh it
-twice), then the ``max_per_sample`` best survivors. Everything is detached.
+RDD pairs regions at the boxes each model detects (rdd-method §3). Two sources:
+
+* ``nms`` (:func:`select_proposals`): the model's decoded detections; per sample, scores strictly above
+  ``score_threshold``, then greedy rotated BEV NMS at ``nms_iou`` over all of them together
+  (**class-agnostic**: a proposal names a region of the map, and two overlapping boxes of different
+  classes are the same region; counting it twice would weigh it twice), then the ``max_per_sample`` best.
+* ``peaks`` (:func:`peak_proposals`): the 3×3 local maxima of the model's class-agnostic score map above
+  ``score_threshold``, the ``max_per_sample`` best, each decoded to its box (``decode_peaks`` of the
+  detector). One top-K per sample and K boxes decoded instead of a full decode and an NMS.
 """
 
 from __future__ import annotations
@@ -14,8 +18,12 @@ from typing import NamedTuple, Sequence
 import torch
 from torch import Tensor
 
+from rdd3d.distill.base import ModelView
 from rdd3d.models.heads.prediction import Detections
 from rdd3d.models.nms import rotated_nms
+
+#: Where a method's proposals come from (see the module's docstring).
+PROPOSAL_SOURCES = ("nms", "peaks")
 
 
 class Proposals(NamedTuple):
@@ -29,6 +37,10 @@ class Proposals(NamedTuple):
     @property
     def num_boxes(self) -> int:
         return self.boxes.shape[0]
+
+    def subset(self, index: Tensor) -> "Proposals":
+        """The proposals at ``index`` (a long index or a bool mask), in its order."""
+        return Proposals(*(part[index] for part in self))
 
     @staticmethod
     def cat(*parts: "Proposals") -> "Proposals":
@@ -66,3 +78,19 @@ def select_proposals(
         index = torch.full_like(order, sample)
         kept.append(Proposals(boxes[order], index, scores[order], labels[order].long()))
     return Proposals.cat(*kept)
+
+
+def peak_proposals(view: ModelView, score_threshold: float = 0.1, max_per_sample: int = 100) -> Proposals:
+    """One model's proposals from the peaks of its score maps (``view.model.decode_peaks``), best first
+    within each sample."""
+    decode_peaks = getattr(view.model, "decode_peaks", None)
+    if not callable(decode_peaks):
+        raise ValueError(f"proposals='peaks' needs {type(view.model).__name__}.decode_peaks(output, max_per_sample, "
+                         f"score_threshold) -> one Detections per sample (rdd3d's Detector has it); use "
+                         f"proposals='nms' for a detector that only decodes")
+    with torch.no_grad():
+        found = decode_peaks(view.output, max_per_sample, score_threshold)
+    return Proposals.cat(*(
+        Proposals(boxes, torch.full_like(scores, sample, dtype=torch.long), scores, labels.long())
+        for sample, (boxes, scores, labels) in enumerate(found)
+    ))

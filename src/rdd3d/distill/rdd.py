@@ -27,11 +27,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from rdd3d.distill.base import DistillLoss, DistillStep, adapter
+from rdd3d.distill.base import BEVGeometry, DistillLoss, DistillStep, adapter
 from rdd3d.distill.heads import ANCHOR, HEAD_TAP, anchor_pair, class_logit_maps, step_head_kind
-from rdd3d.distill.proposals import Proposals, select_proposals
+from rdd3d.distill.proposals import PROPOSAL_SOURCES, Proposals, peak_proposals, select_proposals
 from rdd3d.distill.regions import (
-    anchor_areas, area_mean, area_sum, gather_area, gaussian_areas, pool_boxes, resample_to,
+    anchor_areas, area_mean, area_sum, gather_area, gaussian_areas, pool_boxes_channels_last, resample_to,
 )
 
 SELECTIONS = ("threshold", "topk_ratio", "soft", "all")
@@ -47,8 +47,11 @@ class RDDConfig:
     alpha_logit: float = 0.2  # [paper] α2
     selection: str = "threshold"  # [ours] threshold | topk_ratio | soft | all
     topk_ratio: float = 0.6  # [ours] ρ: share of pairs kept by topk_ratio (IDa-Det)
+    # [ours] where proposals come from: "nms", each model's decoded detections through class-agnostic rotated
+    # NMS at nms_iou; "peaks", the 3x3 local maxima of its class-agnostic score map, only those boxes decoded
+    proposals: str = "nms"
     score_threshold: float = 0.1  # [ours] proposals: detections scoring strictly above
-    nms_iou: float = 0.2  # [ours] proposals: class-agnostic rotated BEV NMS per model
+    nms_iou: float = 0.2  # [ours] proposals "nms": class-agnostic rotated BEV NMS per model
     max_proposals: int = 100  # [ours] proposals per model and sample (K)
     grid_size: int = 7  # [ours] pooled samples per box side
     # [ours] mse: squared difference summed over channels, mean over the grid; l2: the patch's norm;
@@ -73,6 +76,7 @@ class RDDConfig:
             "alpha_feature": (self.alpha_feature >= 0, ">= 0"),
             "alpha_logit": (self.alpha_logit >= 0, ">= 0"),
             "selection": (self.selection in SELECTIONS, f"one of {SELECTIONS}"),
+            "proposals": (self.proposals in PROPOSAL_SOURCES, f"one of {PROPOSAL_SOURCES}"),
             "topk_ratio": (0 < self.topk_ratio <= 1, "in (0, 1]"),
             "nms_iou": (0 <= self.nms_iou <= 1, "in [0, 1]"),
             "max_proposals": (self.max_proposals >= 0, ">= 0"),
@@ -149,16 +153,28 @@ class RDDLoss(DistillLoss):
 
     def forward(self, step: DistillStep) -> dict[str, Tensor]:
         proposals, num_teacher = self._proposals(step)
-        teacher, student = self._patches(step, proposals, detach_student=not self.config.use_feature)
-        distance = self._distance(student, teacher)  # (P,)
-        disparity = distance.detach() if self.config.feature_distance == "mse" else None
-        pairs = self._pairs(proposals, num_teacher, teacher, student, disparity)
+        teacher_map, student_map = self._maps(step)
+        adapted = self.adapter(student_map if self.config.use_feature else student_map.detach())  # (B, C_T, H_S, W_S)
+        teacher = self._pool(teacher_map, step.teacher.geometry, proposals)
+        if self._selection_reads_disparity():
+            # The inner problem needs every pair's disparity, the loss only the kept pairs: measure all without
+            # gradient, then pool (and later backpropagate through) the kept ones alone.
+            with torch.no_grad():
+                pairs = self._pairs(proposals, num_teacher, teacher, self._pool(adapted, step.student.geometry, proposals))
+            kept = torch.nonzero(pairs.weights, as_tuple=True)[0]
+            student = self._pool(adapted, step.student.geometry, proposals.subset(kept))
+            teacher = teacher[kept]
+        else:  # every pair weighs 1 whatever its disparity
+            student = self._pool(adapted, step.student.geometry, proposals)
+            pairs = self._pairs(proposals, num_teacher, teacher, student.detach())
+            kept = torch.arange(proposals.num_boxes, device=teacher.device)
         self.last_pairs = pairs
+        weights = pairs.weights[kept]
         count = max(proposals.num_boxes, 1)  # M + N; with no pair every term is an empty sum, 0
-        feature = (pairs.weights * distance).sum() / count
+        feature = (weights * self._distance(student, teacher)).sum() / count
         terms = {"rdd/feature" if self.config.use_feature else "rdd/adapter": self.config.alpha_feature * feature}
         if self.config.use_logit:
-            logit = (pairs.weights * self._logit_disagreement(step, proposals)).sum() / count
+            logit = (weights * self._logit_disagreement(step, proposals.subset(kept))).sum() / count
             terms["rdd/logit"] = self.config.alpha_logit * logit
         return terms
 
@@ -167,20 +183,29 @@ class RDDLoss(DistillLoss):
         """The region pairs of ``step`` and their disparities, without a loss (for reports; put the
         loss in eval mode first so that ψ's BatchNorm uses and keeps its running statistics)."""
         proposals, num_teacher = self._proposals(step)
-        teacher, student = self._patches(step, proposals, detach_student=True)
+        teacher_map, student_map = self._maps(step)
+        teacher = self._pool(teacher_map, step.teacher.geometry, proposals)
+        student = self._pool(self.adapter(student_map), step.student.geometry, proposals)
         return self._pairs(proposals, num_teacher, teacher, student)
+
+    def _selection_reads_disparity(self) -> bool:
+        """Whether m* depends on the disparities (``threshold`` at λ = 0 and ``all`` keep every pair)."""
+        config = self.config
+        return not (config.selection == "all" or (config.selection == "threshold" and config.lam == 0))
 
     def _proposals(self, step: DistillStep) -> tuple[Proposals, int]:
         """Bilateral proposals: the teacher's M, then the student's N (from its detached output)."""
         config = self.config
-        per_model = [
-            select_proposals(view.detections(), config.score_threshold, config.nms_iou, config.max_proposals)
-            for view in (step.teacher, step.student)
-        ]
+        if config.proposals == "peaks":
+            per_model = [peak_proposals(view, config.score_threshold, config.max_proposals)
+                         for view in (step.teacher, step.student)]
+        else:
+            per_model = [select_proposals(view.detections(), config.score_threshold, config.nms_iou,
+                                          config.max_proposals) for view in (step.teacher, step.student)]
         return Proposals.cat(*per_model), per_model[0].num_boxes
 
-    def _patches(self, step: DistillStep, proposals: Proposals, detach_student: bool) -> tuple[Tensor, Tensor]:
-        """Log channel-softmax of the pooled patches of both maps at every proposal: (P, C_T, g, g) each."""
+    def _maps(self, step: DistillStep) -> tuple[Tensor, Tensor]:
+        """The teacher's and the student's 'bev' taps, checked against the widths this loss was built for."""
         teacher_map = step.teacher.tap("bev", "RDD")  # (B, C_T, H_T, W_T)
         student_map = step.student.tap("bev", "RDD")  # (B, C_S, H_S, W_S)
         for role, feature_map, channels in (("teacher", teacher_map, self.teacher_channels),
@@ -188,27 +213,25 @@ class RDDLoss(DistillLoss):
             if feature_map.ndim != 4 or feature_map.shape[1] != channels:
                 raise ValueError(f"RDD: the {role}'s 'bev' tap must be (B, {channels}, H, W) as RDDLoss was built, "
                                  f"got {tuple(feature_map.shape)}")
-        adapted = self.adapter(student_map.detach() if detach_student else student_map)  # (B, C_T, H_S, W_S)
-        boxes, index, grid = proposals.boxes, proposals.batch_index, self.config.grid_size
-        teacher = pool_boxes(teacher_map, step.teacher.geometry, boxes, index, grid)
-        student = pool_boxes(adapted, step.student.geometry, boxes, index, grid)
-        tau = self.config.tau
-        return F.log_softmax(teacher / tau, dim=1), F.log_softmax(student / tau, dim=1)
+        return teacher_map, student_map
 
-    def _pairs(self, proposals: Proposals, num_teacher: int, teacher: Tensor, student: Tensor,
-               disparity: Tensor | None = None) -> RegionPairs:
-        """``teacher``, ``student``: log-softmax patches; ``disparity``: d_i when the caller already has it
-        (the detached mse distance)."""
-        if disparity is None:
-            disparity = _mean_squared_distance(student.detach().exp(), teacher.detach().exp())
+    def _pool(self, feature_map: Tensor, geometry: BEVGeometry, proposals: Proposals) -> Tensor:
+        """Log channel-softmax of ``feature_map`` pooled at every proposal: ``(P, g², C)``, channels last."""
+        pooled = pool_boxes_channels_last(feature_map, geometry, proposals.boxes, proposals.batch_index,
+                                          self.config.grid_size)
+        return F.log_softmax(pooled / self.config.tau, dim=-1)
+
+    def _pairs(self, proposals: Proposals, num_teacher: int, teacher: Tensor, student: Tensor) -> RegionPairs:
+        """``teacher``, ``student``: detached log-softmax patches of every pair."""
+        disparity = _mean_squared_distance(student.exp(), teacher.exp())
         normalised = normalise_disparity(disparity)
         return RegionPairs(proposals, num_teacher, disparity, normalised, selection_weights(normalised, self.config))
 
     def _distance(self, student: Tensor, teacher: Tensor) -> Tensor:
-        """Per-pair distance of (P, C, g, g) log-softmax patches -> (P,)."""
+        """Per-pair distance of (P, g², C) log-softmax patches -> (P,)."""
         if self.config.feature_distance == "kl":
-            kl = (teacher.exp() * (teacher - student)).sum(dim=1)  # (P, g, g)
-            return self.config.tau ** 2 * kl.mean(dim=(1, 2))
+            kl = (teacher.exp() * (teacher - student)).sum(dim=-1)  # (P, g²)
+            return self.config.tau ** 2 * kl.mean(dim=1)
         if self.config.feature_distance == "mse":
             return _mean_squared_distance(student.exp(), teacher.exp())
         return (student.exp() - teacher.exp()).flatten(1).norm(dim=1)
@@ -263,5 +286,5 @@ class RDDLoss(DistillLoss):
 
 
 def _mean_squared_distance(student: Tensor, teacher: Tensor) -> Tensor:
-    """(P, C, g, g) patches -> (P,): the squared difference summed over channels, averaged over the grid."""
-    return (student - teacher).pow(2).sum(dim=1).mean(dim=(1, 2))
+    """(P, g², C) patches -> (P,): the squared difference summed over channels, averaged over the grid."""
+    return (student - teacher).pow(2).sum(dim=-1).mean(dim=1)

@@ -68,7 +68,7 @@ def distillation_trainee(config: RunConfig, device) -> Distiller:
         if config.distill.init_from_teacher:
             init_student_from_teacher(student, teacher.state_dict())
         losses = build_method(config.distill, student.backbone_2d.out_channels, teacher.backbone_2d.out_channels)
-    return Distiller(teacher, student, losses)
+    return Distiller(teacher, student, losses, teacher_precision=config.distill.teacher_precision)
 
 
 def _run(config: RunConfig, resume: str | None, make_trainee: Callable[[DistributedContext], nn.Module]):

@@ -14,13 +14,14 @@ Submodules carry these names, so distillation hooks find them with ``model.get_s
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import NamedTuple, Sequence
+from typing import Iterator, NamedTuple, Sequence
 
 from torch import Tensor, nn
 
 from rdd3d.data.types import KNOWN_POINT_COLUMNS, ClassTable
-from rdd3d.data.voxelize import VoxelBatch, Voxelizer
+from rdd3d.data.voxelize import VoxelBatch, Voxelizer, shared_voxelisation
 from rdd3d.models.backbones2d import BEVBackbone, BEVBackboneConfig
 from rdd3d.models.backbones3d import BEVMap, VoxelBackBone8x, VoxelResBackBone8x
 from rdd3d.models.encoders import MeanVFE, PillarVFE, PointPillarScatter
@@ -29,6 +30,7 @@ from rdd3d.models.heads import (
     TaskPrediction,
 )
 from rdd3d.models.sparse.backends import BACKEND_NAMES
+from rdd3d.models.sparse.rulebook import shared_rulebooks
 
 ENCODER_KINDS = ("mean_vfe", "pillar")
 #: Sparse 3D backbones of the voxel family: CenterPoint's residual one, SECOND's plain one.
@@ -95,6 +97,14 @@ class DetectorConfig:
             raise ValueError("DetectorConfig.pillar_filters must name at least one layer width")
         if self.backbone_3d_width <= 0:
             raise ValueError(f"DetectorConfig.backbone_3d_width must be > 0, got {self.backbone_3d_width}")
+
+
+@contextlib.contextmanager
+def shared_voxel_structure() -> Iterator[None]:
+    """Detectors run inside the block on the same point tensors and the same voxel grid voxelise once and
+    build each sparse-convolution rulebook once (a teacher and its width-compressed student)."""
+    with shared_voxelisation(), shared_rulebooks():
+        yield
 
 
 class DetectorOutput(NamedTuple):
@@ -187,3 +197,8 @@ class Detector(nn.Module):
     def decode(self, output: DetectorOutput) -> list[Detections]:
         """Per-sample boxes in metres, scores and labels (no gradient)."""
         return self.head.decode(output.predictions)
+
+    def decode_peaks(self, output: DetectorOutput, max_per_sample: int, score_threshold: float) -> list[Detections]:
+        """Per-sample boxes at the head's class-agnostic score peaks, without NMS: distillation's cheap
+        region proposals (no gradient)."""
+        return self.head.decode_peaks(output.predictions, max_per_sample, score_threshold)

@@ -19,7 +19,7 @@ from rdd3d.data.types import ClassTable
 from rdd3d.models.heads.anchor_targets import IGNORED, MATCHING_KINDS, AnchorTargets, assign_anchor_targets
 from rdd3d.models.heads.anchors import AnchorClassConfig, anchor_grid
 from rdd3d.models.heads.box_coder import apply_direction, decode_box_deltas, limit_period
-from rdd3d.models.heads.decode import NMSConfig, suppress
+from rdd3d.models.heads.decode import NMSConfig, peak_cells, suppress
 from rdd3d.models.heads.prediction import Detections
 
 BOX_CODE_SIZE = 7
@@ -250,17 +250,25 @@ class AnchorHead(nn.Module):
         targets = self.targets(tuple(logits.shape[-2:]), gt_boxes, gt_labels, logits.device)
         return anchor_loss(prediction, targets, self.num_anchor_types, self.config.loss)
 
-    def decode_boxes(self, prediction: AnchorPrediction) -> Tensor:
-        """``(B, H * W * A, 7)`` metric boxes of every anchor; with a direction classifier, the yaw is
-        turned into the predicted bin; yaws end in [-π, π)."""
+    def decode_boxes(self, prediction: AnchorPrediction, rows: Optional[Tensor] = None) -> Tensor:
+        """``(B, H * W * A, 7)`` metric boxes of every anchor, or ``(B, K, 7)`` of the anchors ``rows``
+        ``(B, K)`` (anchor order, as :func:`per_anchor`); with a direction classifier, the yaw is turned
+        into the predicted bin; yaws end in [-π, π)."""
         logits = prediction.cls_logits
         anchors = self.anchors(tuple(logits.shape[-2:]), logits.device).view(-1, BOX_CODE_SIZE)
-        boxes = decode_box_deltas(per_anchor(prediction.box_deltas, self.num_anchor_types).float(), anchors)
+        deltas = per_anchor(prediction.box_deltas, self.num_anchor_types).float()  # (B, N, 7)
+        if rows is not None:
+            anchors = anchors[rows]  # (B, K, 7)
+            deltas = deltas.gather(1, rows[..., None].expand(-1, -1, BOX_CODE_SIZE))
+        boxes = decode_box_deltas(deltas, anchors)
         yaw = boxes[..., 6]
         if prediction.dir_logits is not None:
             config = self.config
-            bins = per_anchor(prediction.dir_logits, self.num_anchor_types).argmax(dim=-1)
-            yaw = apply_direction(yaw, bins, config.dir_offset, config.dir_limit_offset, config.num_dir_bins)
+            dir_logits = per_anchor(prediction.dir_logits, self.num_anchor_types)
+            if rows is not None:
+                dir_logits = dir_logits.gather(1, rows[..., None].expand(-1, -1, dir_logits.shape[-1]))
+            yaw = apply_direction(yaw, dir_logits.argmax(dim=-1), config.dir_offset, config.dir_limit_offset,
+                                  config.num_dir_bins)
         # OpenPCDet leaves the yaw in [dir_offset, dir_offset + 2π); CenterHead's atan2 gives [-π, π]:
         # one convention for every head.
         return torch.cat([boxes[..., :6], limit_period(yaw, 0.5, 2 * math.pi)[..., None]], dim=-1)
@@ -288,3 +296,21 @@ class AnchorHead(nn.Module):
             order = suppress(kept_boxes, kept_scores, decode.nms, task)
             parts.append(Detections(kept_boxes[order], kept_scores[order], kept_labels[order]))
         return Detections(*(torch.cat(values) for values in zip(*parts)))
+
+    @torch.no_grad()
+    def decode_peaks(self, prediction: AnchorPrediction, max_per_sample: int,
+                     score_threshold: float) -> list[Detections]:
+        """Class-agnostic peaks of the best anchor score per location (3×3 local maxima,
+        :func:`~rdd3d.models.heads.decode.peak_cells`), each the box of its best anchor: the cheap region
+        proposals of distillation, without NMS and without decoding any other anchor."""
+        logits = prediction.cls_logits.detach()
+        batch, _, height, width = logits.shape
+        types = self.num_anchor_types
+        scores = per_anchor(logits, types).view(batch, height * width, types * len(self.classes))
+        best, choice = scores.max(dim=-1)  # (B, H*W) over anchor types and classes
+        cells, values, keep = peak_cells(best.sigmoid().view(batch, height, width), max_per_sample, score_threshold)
+        choice = choice.gather(1, cells)  # (B, K)
+        rows = cells * types + choice // len(self.classes)
+        boxes = self.decode_boxes(prediction, rows)
+        labels = choice % len(self.classes)
+        return [Detections(boxes[b, keep[b]], values[b, keep[b]], labels[b, keep[b]]) for b in range(batch)]

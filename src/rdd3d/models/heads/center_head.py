@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from rdd3d.data.types import ClassTable
-from rdd3d.models.heads.decode import DecodeConfig, decode_detections
+from rdd3d.models.heads.decode import DecodeConfig, decode_detections, decode_peaks
 from rdd3d.models.heads.losses import CenterLoss, LossConfig, center_loss
 from rdd3d.models.heads.prediction import Detections, TaskPrediction
 from rdd3d.models.heads.targets import BEVGrid, TargetConfig, TaskTargets, assign_targets, box_code_names
@@ -143,3 +143,11 @@ class CenterHead(nn.Module):
         """Per-sample detections in metres, labels indexing ``self.classes``."""
         grid = self.grid(tuple(predictions[0].heatmap.shape[-2:]))
         return decode_detections(predictions, grid, self.task_labels, self.config.decode)
+
+    @torch.no_grad()
+    def decode_peaks(self, predictions: Sequence[TaskPrediction], max_per_sample: int,
+                     score_threshold: float) -> list[Detections]:
+        """Class-agnostic heatmap peaks as boxes (:func:`~rdd3d.models.heads.decode.decode_peaks`): the cheap
+        region proposals of distillation, without NMS."""
+        grid = self.grid(tuple(predictions[0].heatmap.shape[-2:]))
+        return decode_peaks(predictions, grid, self.task_labels, max_per_sample, score_threshold)

@@ -1,4 +1,5 @@
-"""From CenterPoint head maps to boxes: top-K cells, score and range filters, per-task NMS."""
+"""From CenterPoint head maps to boxes: top-K cells, score and range filters, per-task NMS; and the
+cheaper class-agnostic heatmap peaks that serve as distillation proposals."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Literal, NamedTuple, Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from rdd3d.models.heads.prediction import Detections, TaskPrediction, gather_cells
@@ -122,3 +124,51 @@ def decode_detections(
         best = found.scores.argsort(descending=True, stable=True)[:config.max_per_sample]
         capped.append(Detections(*(part[best] for part in found)))
     return capped
+
+
+def peak_cells(scores: Tensor, max_per_sample: int, score_threshold: float) -> tuple[Tensor, Tensor, Tensor]:
+    """Local maxima of class-agnostic ``(B, H, W)`` score maps: cells not beaten by a neighbour of their
+    3×3 window (CenterNet's max-pool peaks), the ``max_per_sample`` best of a sample, scoring strictly
+    above ``score_threshold`` -> ``(B, K)`` flat cell indices, their scores and a ``keep`` mask.
+
+    Cells that tie with their best neighbour all count as peaks (an untrained head's flat map has many);
+    the top-K then takes the first of them in row-major order."""
+    pooled = F.max_pool2d(scores[:, None], kernel_size=3, stride=1, padding=1)[:, 0]
+    peaks = torch.where(scores >= pooled, scores, torch.full_like(scores, -1.0)).flatten(1)  # (B, H*W)
+    count = min(max_per_sample, peaks.shape[1])
+    values, cells = peaks.topk(count, dim=1, sorted=True)
+    return cells, values, values > score_threshold
+
+
+def decode_peaks(
+    predictions: Sequence[TaskPrediction],
+    grid: BEVGrid,
+    task_labels: Sequence[Sequence[int]],
+    max_per_sample: int = 100,
+    score_threshold: float = 0.1,
+) -> list[Detections]:
+    """Region proposals straight from the heatmaps: per cell the best class of every task (one score map
+    for the sample, class-agnostic), its 3×3 peaks (:func:`peak_cells`), and the boxes of only those cells,
+    from the regression maps of the task whose class won. Best first; ``labels`` are ClassTable indices.
+
+    A cheap stand-in for :func:`decode_detections` followed by class-agnostic NMS when the boxes only name
+    regions (RDD's proposals): no NMS, no box decoded that is not kept."""
+    best_per_task = [prediction.heatmap.detach().sigmoid().max(dim=1) for prediction in predictions]
+    task_scores = torch.stack([best.values for best in best_per_task], dim=1)  # (B, T, H, W)
+    scores, task = task_scores.max(dim=1)  # (B, H, W)
+    cells, values, keep = peak_cells(scores, max_per_sample, score_threshold)  # (B, K)
+    width = scores.shape[-1]
+    column_row = torch.stack([cells % width, cells // width], dim=-1)  # (B, K, 2)
+    winner = task.flatten(1).gather(1, cells)  # (B, K) task of each peak
+    codes = None
+    labels = torch.zeros_like(cells)
+    for index, (prediction, best, labels_of_task) in enumerate(zip(predictions, best_per_task, task_labels,
+                                                                  strict=True)):
+        here = winner == index
+        task_codes = gather_cells(prediction.box_code().detach(), cells)  # (B, K, D)
+        codes = task_codes if codes is None else torch.where(here[..., None], task_codes, codes)
+        local = best.indices.flatten(1).gather(1, cells)
+        global_labels = torch.as_tensor(labels_of_task, dtype=torch.long, device=cells.device)[local]
+        labels = torch.where(here, global_labels, labels)
+    boxes = decode_boxes(codes, column_row, grid)  # (B, K, 7|9)
+    return [Detections(boxes[b, keep[b]], values[b, keep[b]], labels[b, keep[b]]) for b in range(boxes.shape[0])]

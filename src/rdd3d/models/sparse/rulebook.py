@@ -10,8 +10,10 @@ reads input site ``o * stride - padding + k`` through kernel tap ``k``.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import NamedTuple
+from contextvars import ContextVar
+from typing import Iterator, NamedTuple
 
 import torch
 from torch import Tensor
@@ -70,11 +72,37 @@ def _tap_table(batch: Tensor, per_axis: list[tuple[Tensor, Tensor]], shape: Trip
     return key.flatten(0, 2), valid.flatten(0, 2)
 
 
+#: Rulebooks built inside :func:`shared_rulebooks`, by (id of the indices, grid, geometry); the indices
+#: tensor is held with its rulebook, so that an id cannot be recycled while the block lasts.
+_SHARED_RULEBOOKS: ContextVar[dict | None] = ContextVar("rdd3d_shared_rulebooks", default=None)
+
+
+@contextlib.contextmanager
+def shared_rulebooks() -> Iterator[None]:
+    """Inside the block, a convolution over the same indices tensor (the same object), grid and geometry
+    reuses the rulebook built the first time: a student and a teacher that read one voxel batch
+    (:func:`rdd3d.data.voxelize.shared_voxelisation`) and convolve alike build each rulebook once. Strided
+    convolutions return their reused output indices, so the sharing carries down the whole backbone."""
+    token = _SHARED_RULEBOOKS.set({})
+    try:
+        yield
+    finally:
+        _SHARED_RULEBOOKS.reset(token)
+
+
 def build_rulebook(indices: Tensor, spatial_shape: Triple, geometry: ConvGeometry) -> Rulebook:
     """Rulebook of one convolution over the active ``indices`` ((N, 4) int32 b, z, y, x)."""
+    shared = _SHARED_RULEBOOKS.get()
+    key = (id(indices), tuple(spatial_shape), geometry)
+    if shared is not None and key in shared and shared[key][0] is indices:
+        return shared[key][1]
     if geometry.subm:
-        return _submanifold_rulebook(indices, spatial_shape, geometry)
-    return _strided_rulebook(indices, spatial_shape, geometry)
+        rulebook = _submanifold_rulebook(indices, spatial_shape, geometry)
+    else:
+        rulebook = _strided_rulebook(indices, spatial_shape, geometry)
+    if shared is not None:
+        shared[key] = (indices, rulebook)
+    return rulebook
 
 
 def _submanifold_rulebook(indices: Tensor, spatial_shape: Triple, geometry: ConvGeometry) -> Rulebook:
@@ -153,17 +181,24 @@ def _decode_keys(keys: Tensor, shape: Triple) -> Tensor:
 def apply_rulebook(features: Tensor, weight: Tensor, rulebook: Rulebook) -> Tensor:
     """Gather -> GEMM -> scatter-add; autograd provides the backward.
 
-    ``features`` (N, C_in), ``weight`` (C_out, kz, ky, kx, C_in) -> (V_out, C_out).
+    ``features`` (N, C_in), ``weight`` (C_out, kz, ky, kx, C_in) -> (V_out, C_out). Under autocast the
+    GEMMs run in the reduced dtype and the sums accumulate in the inputs' own (fp32 for an fp32 model).
     """
-    taps = weight.flatten(1, 3).permute(1, 2, 0).contiguous()  # (K, C_in, C_out)
+    accumulate = torch.promote_types(features.dtype, weight.dtype)
+    taps = weight.flatten(1, 3).permute(1, 2, 0)  # (K, C_in, C_out)
+    device = features.device.type
+    if torch.is_autocast_enabled(device):  # cast once per layer, not once per tap as autocast would
+        compute = torch.get_autocast_dtype(device)
+        features, taps = features.to(compute), taps.to(compute)
+    taps = taps.contiguous()
     centre = len(taps) // 2
     if rulebook.geometry.subm:  # the centre tap maps every site to itself: no gather, no scatter
-        out = features @ taps[centre]
+        out = (features @ taps[centre]).to(accumulate)
     else:
-        out = features.new_zeros(len(rulebook.out_indices), weight.shape[0])
+        out = features.new_zeros(len(rulebook.out_indices), weight.shape[0], dtype=accumulate)
     in_groups = rulebook.in_rows.split(rulebook.pairs_per_offset)
     out_groups = rulebook.out_rows.split(rulebook.pairs_per_offset)
     for tap, (in_rows, out_rows) in enumerate(zip(in_groups, out_groups)):
         if len(in_rows) and not (rulebook.geometry.subm and tap == centre):
-            out = out.index_add_(0, out_rows, features.index_select(0, in_rows) @ taps[tap])
+            out = out.index_add_(0, out_rows, (features.index_select(0, in_rows) @ taps[tap]).to(accumulate))
     return out
