@@ -27,6 +27,7 @@ from rdd3d.data.collate import collate_frames
 from rdd3d.engine.checkpoint import load_checkpoint, load_model_state, save_checkpoint
 from rdd3d.engine.distributed import DistributedContext, ResumableSampler, barrier
 from rdd3d.engine.run_logging import RunLogger
+from rdd3d.engine.threads import ThreadGovernor
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,8 @@ class TrainerConfig:
     best_mode: str = "max"  # or "min"
     seed: int = 0
     deterministic: bool = True
+    # [ours] CPU: use the cores other processes leave free (rdd3d.engine.threads), up to torch's thread count
+    adaptive_threads: bool = True
 
 
 class TrainingDivergedError(RuntimeError):
@@ -141,6 +144,7 @@ class Trainer:
             cycle_momentum=True, base_momentum=optim.momentum_low, max_momentum=optim.momentum_high,
         )
         self.grad_clip_norm = optim.grad_clip_norm
+        self.threads = ThreadGovernor() if config.adaptive_threads and context.device.type == "cpu" else None
         self.scaler = torch.amp.GradScaler("cuda", enabled=config.amp)
         self.logger = RunLogger(self.output_dir, enabled=context.is_main)
         self.step = 0
@@ -212,6 +216,8 @@ class Trainer:
             raise
         finally:
             self.logger.close()
+            if self.threads is not None:
+                self.threads.restore()
         return TrainingResult(self.step, self.epoch, self.best_value, self.last_metrics)
 
     def _evaluation_due(self) -> bool:
@@ -233,6 +239,8 @@ class Trainer:
         )
         started, samples = time.perf_counter(), 0
         for batch in progress:
+            if self.threads is not None:
+                self.threads.update()
             terms = self._optimisation_step(batch.to(self.context.device))
             self.step += 1
             self.step_in_epoch += 1
@@ -243,7 +251,7 @@ class Trainer:
             if self.step % self.config.log_interval == 0 or self.step_in_epoch == self.steps_per_epoch:
                 values = {f"loss/{name}": value for name, value in terms.items()}
                 values.update({"loss/total": total, "lr": self.scheduler.get_last_lr()[0],
-                               "frames_per_s": throughput})
+                               "frames_per_s": throughput, "threads": torch.get_num_threads()})
                 self.logger.log("train", self.step, self.epoch, values)
             if self.step % self.config.checkpoint_interval == 0 and self.step_in_epoch < self.steps_per_epoch:
                 self.save()
