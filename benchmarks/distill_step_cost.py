@@ -5,8 +5,10 @@ forward and the distillation step, measured side by side on one synthetic batch.
 
 Steps are forward + loss + backward (no optimiser update, the same on both sides); the plain and the
 distillation step alternate, so that a slower moment of the machine hits both. The teacher's forward is
-timed alone as the distiller runs it (inference mode, ``distill.teacher_precision``, channels-last), and in
-fp32 beside it. ``--trained DIR`` reads ``DIR/<preset>/best.pt`` (or ``last.pt``) for the trained rows.
+timed alone as the distiller runs it (inference mode, ``distill.teacher_precision``, channels-last), in fp32
+beside it, and after a student forward whose voxels and rulebooks it reuses, as inside the step; the
+``method`` share subtracts that last one, so it is the method's own work without the credit of the shared
+rulebooks. ``--trained DIR`` reads ``DIR/<preset>/best.pt`` (or ``last.pt``) for the trained rows.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/distill_step_cost.py --threads 1 2 \\
         --trained runs/speed-models --json benchmarks/results/distill_step_cost.json
@@ -26,14 +28,16 @@ from rdd3d.data.synthetic import SyntheticDataset
 from rdd3d.distill.distiller import Distiller
 from rdd3d.distill.methods import DistillConfig, build_method
 from rdd3d.distill.precision import teacher_dtype
+from rdd3d.distill.rdd import RDDConfig
 from rdd3d.engine.detection_task import detection_loss_terms
 from rdd3d.engine.runs import detector_from_checkpoint
 from rdd3d.fileio import write_json
+from rdd3d.models.detector import shared_voxel_structure
 from rdd3d.models.presets import build_detector
 
 PAIRS = (("cp-voxel", "cp-voxel-xxs"), ("cp-voxel", "cp-voxel-s"), ("cp-pillar", "cp-pillar-v0.64"),
          ("second", "second-xs"))
-METHODS = ("rdd", "pp-logit")
+METHODS = ("rdd", "rdd-peaks", "pp-logit")
 
 
 def _model(preset: str, trained: Path | None):
@@ -55,7 +59,8 @@ def measure_pair(teacher_preset: str, student_preset: str, method: str, batch, t
                  steps: int, warmup: int) -> dict:
     torch.manual_seed(0)
     teacher, student = _model(teacher_preset, trained), _model(student_preset, trained)
-    config = DistillConfig(method=method)
+    config = (DistillConfig(method="rdd", rdd=RDDConfig(proposals="peaks")) if method == "rdd-peaks"
+              else DistillConfig(method=method))
     losses = build_method(config, student.backbone_2d.out_channels, teacher.backbone_2d.out_channels)
     distiller = Distiller(teacher, student, losses, teacher_precision=config.teacher_precision).train()
     dtype = teacher_dtype(config.teacher_precision, torch.device("cpu"))
@@ -73,21 +78,33 @@ def measure_pair(teacher_preset: str, student_preset: str, method: str, batch, t
                                       else contextlib.nullcontext()):
             teacher(batch.points)
 
-    times: dict[str, list[float]] = {"plain": [], "distillation": [], "teacher": [], "teacher_fp32": []}
+    def teacher_after_student() -> float:
+        """The teacher's forward as the step runs it: after the student, reusing its voxels and rulebooks."""
+        with shared_voxel_structure():
+            with torch.no_grad():
+                student(batch.points)
+            return _seconds(lambda: teacher_forward(dtype))
+
+    times: dict[str, list[float]] = {"plain": [], "distillation": [], "teacher": [], "teacher_fp32": [],
+                                     "teacher_in_step": []}
     for step in range(warmup + steps):
         measured = {"plain": _seconds(plain_step), "distillation": _seconds(distillation_step),
                     "teacher": _seconds(lambda: teacher_forward(dtype)),
-                    "teacher_fp32": _seconds(lambda: teacher_forward(None))}
+                    "teacher_fp32": _seconds(lambda: teacher_forward(None)),
+                    "teacher_in_step": teacher_after_student()}
         if step >= warmup:
             for name, value in measured.items():
                 times[name].append(value)
     median = {name: statistics.median(values) for name, values in times.items()}
     overhead = median["distillation"] - median["plain"] - median["teacher"]
+    # The same without the credit of shared rulebooks: what the method's own work costs.
+    method_cost = median["distillation"] - median["plain"] - median["teacher_in_step"]
     result = {"teacher": teacher_preset, "student": student_preset, "method": method,
               "trained": trained is not None, "threads": torch.get_num_threads(), "batch": batch.batch_size,
               "steps": steps, **{f"{name}_s": value for name, value in median.items()},
-              "overhead_s": overhead, "overhead_share": overhead / median["plain"]}
-    if method == "rdd":
+              "overhead_s": overhead, "overhead_share": overhead / median["plain"],
+              "method_share": method_cost / median["plain"]}
+    if config.method == "rdd":
         pairs = losses[0].last_pairs
         result.update(pairs=pairs.proposals.num_boxes, kept=int((pairs.weights > 0).sum()))
     return result
@@ -98,7 +115,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, nargs="+", default=[1])
     parser.add_argument("--trained", type=Path, help="folder of <preset>/best.pt: also measure trained models")
     parser.add_argument("--pairs", nargs="+", help="teacher:student pairs (default: the four of the issue)")
-    parser.add_argument("--methods", nargs="+", default=list(METHODS))
+    parser.add_argument("--methods", nargs="+", default=list(METHODS),
+                        help="rdd, rdd-peaks (RDD with proposals=peaks) and/or any method of rdd3d distill")
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
@@ -109,7 +127,7 @@ def main() -> None:
     batch = collate_frames([frames[i] for i in range(args.batch)])
     rows = []
     print(f"{'threads':>7} {'models':9} {'teacher -> student':32} {'method':9} {'plain':>7} {'teacher':>8} "
-          f"{'(fp32)':>7} {'distil':>7} {'overhead':>9}")
+          f"{'(fp32)':>7} {'(step)':>7} {'distil':>7} {'overhead':>9} {'method':>7}")
     for threads in args.threads:
         torch.set_num_threads(threads)
         for trained in ([None, args.trained] if args.trained else [None]):
@@ -119,7 +137,8 @@ def main() -> None:
                     rows.append(row)
                     print(f"{threads:>7} {'trained' if trained else 'untrained':9} {teacher + ' -> ' + student:32} "
                           f"{method:9} {row['plain_s']:7.3f} {row['teacher_s']:8.3f} {row['teacher_fp32_s']:7.3f} "
-                          f"{row['distillation_s']:7.3f} {row['overhead_share']:9.2f}", flush=True)
+                          f"{row['teacher_in_step_s']:7.3f} {row['distillation_s']:7.3f} {row['overhead_share']:9.2f} "
+                          f"{row['method_share']:7.2f}", flush=True)
     write_json(args.json, {"unit": "seconds per step (median)", "rows": rows})
 
 

@@ -25,6 +25,7 @@ from rdd3d.engine.datasets import evaluate, summary_metrics
 from rdd3d.engine.detection_task import predict
 from rdd3d.engine.runs import detector_from_checkpoint
 from rdd3d.fileio import write_json
+from rdd3d.models.detector import channels_last_convolutions
 
 
 class Reduced(nn.Module):
@@ -53,9 +54,7 @@ def main() -> None:
     rows = []
     for checkpoint in args.checkpoints:
         detector, config = detector_from_checkpoint(checkpoint)
-        for module in detector.modules():
-            if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
-                module.to(memory_format=torch.channels_last)
+        channels_last_convolutions(detector)
         frames, dataset = validation_frames(config)
         frames = frames[:args.frames]
         batch = collate_frames(frames[:2])

@@ -48,6 +48,7 @@ from rdd3d.distill.base import DistillStep, ModelView, adapter
 from rdd3d.distill.distiller import Distiller
 from rdd3d.distill.rdd import RDDConfig, RDDLoss
 from rdd3d.distill.regions import resample_to
+from rdd3d.models.detector import channels_last_convolutions
 from rdd3d.engine.checkpoint import CheckpointError, load_checkpoint, load_model_state
 from rdd3d.fileio import write_bytes, write_json
 
@@ -126,9 +127,10 @@ def measure_disparity(teacher: nn.Module, student: nn.Module, frames: Sequence[F
     if fit_psi and trained_psi is not None:
         raise ValueError("measure_disparity: fit_psi fits its own ψ; pass either fit_psi or trained_psi, not both")
     device = next(teacher.parameters()).device
-    # A measurement: the teacher in full precision, not the training step's cheaper one.
-    distiller = Distiller(copy.deepcopy(teacher), copy.deepcopy(student).to(device), [],
-                          teacher_precision="fp32").eval()
+    # A measurement: the teacher in full precision, not the training step's cheaper one, and the student's
+    # convolutions in the teacher's channels-last layout, so that equal models give equal maps to the bit.
+    student = channels_last_convolutions(copy.deepcopy(student).to(device))
+    distiller = Distiller(copy.deepcopy(teacher), student, [], teacher_precision="fp32").eval()
 
     def steps() -> Iterator[DistillStep]:
         for start in range(0, len(frames), config.batch_size):

@@ -27,16 +27,18 @@ from torch.utils._pytree import tree_map
 
 from rdd3d.data.collate import DetectionBatch
 from rdd3d.distill.base import BEVGeometry, DetectionLoss, DistillLoss, DistillStep, ModelView
+from rdd3d.distill.precision import teacher_dtype
 from rdd3d.distill.taps import DETECTOR_TAPS, TapRecorder, TapSpec
 from rdd3d.engine.detection_task import detection_loss_terms
-from rdd3d.distill.precision import teacher_dtype
-from rdd3d.models.detector import shared_voxel_structure
+from rdd3d.models.detector import channels_last_convolutions, shared_voxel_structure
 
-def _as_float32(tree: Any) -> Any:
-    """Floating tensors of a (nested) output as ordinary float32 tensors: inference-mode tensors cannot be
-    saved for the student's backward, so even an fp32 one is copied."""
-    return tree_map(lambda x: x.float() if isinstance(x, Tensor) and x.dtype != torch.float32 and x.is_floating_point()
-                    else x.clone() if isinstance(x, Tensor) else x, tree)
+
+def _ordinary_float32(value: Any) -> Any:
+    """A tensor made under inference mode as an ordinary one (those cannot be saved for the student's
+    backward), floating point in float32; anything else as it is."""
+    if not isinstance(value, Tensor):
+        return value
+    return value.float() if value.is_floating_point() and value.dtype != torch.float32 else value.clone()
 
 
 class Distiller(nn.Module):
@@ -59,9 +61,7 @@ class Distiller(nn.Module):
         for parameter in self.teacher.parameters():
             parameter.requires_grad_(False)
         self.teacher.eval()
-        for module in self.teacher.modules():  # oneDNN's 2D convolutions run fastest on NHWC
-            if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
-                module.to(memory_format=torch.channels_last)
+        channels_last_convolutions(self.teacher)
         self._teacher_taps = TapRecorder(teacher, taps)
         self._student_taps = TapRecorder(student, taps)
         self._geometry = (BEVGeometry.of(teacher), BEVGeometry.of(student))
@@ -94,7 +94,7 @@ class Distiller(nn.Module):
                                           else contextlib.nullcontext()):
                 teacher_output = self.teacher(batch.points)
                 teacher_taps = self._teacher_taps.take()
-        teacher_output, teacher_taps = _as_float32((teacher_output, teacher_taps))
+        teacher_output, teacher_taps = tree_map(_ordinary_float32, (teacher_output, teacher_taps))
         teacher = ModelView(self.teacher, teacher_output, teacher_taps, self._geometry[0])
         return DistillStep(batch, teacher, student)
 

@@ -155,23 +155,27 @@ class RDDLoss(DistillLoss):
         proposals, num_teacher = self._proposals(step)
         teacher_map, student_map = self._maps(step)
         adapted = self.adapter(student_map if self.config.use_feature else student_map.detach())  # (B, C_T, H_S, W_S)
-        teacher = self._pool(teacher_map, step.teacher.geometry, proposals)
+        teacher = self._pool(teacher_map, step.teacher.geometry, proposals)  # (P, g², C_T) logits over τ
+        teacher_probs = teacher.softmax(dim=-1)
         if self._selection_reads_disparity():
             # The inner problem needs every pair's disparity, the loss only the kept pairs: measure all without
             # gradient, then pool (and later backpropagate through) the kept ones alone.
             with torch.no_grad():
-                pairs = self._pairs(proposals, num_teacher, teacher, self._pool(adapted, step.student.geometry, proposals))
+                every_student = self._pool(adapted, step.student.geometry, proposals).softmax(dim=-1)
+                pairs = self._pairs(proposals, num_teacher, teacher_probs, every_student)
             kept = torch.nonzero(pairs.weights, as_tuple=True)[0]
             student = self._pool(adapted, step.student.geometry, proposals.subset(kept))
-            teacher = teacher[kept]
+            student_probs = student.softmax(dim=-1)
+            teacher, teacher_probs = teacher[kept], teacher_probs[kept]
         else:  # every pair weighs 1 whatever its disparity
             student = self._pool(adapted, step.student.geometry, proposals)
-            pairs = self._pairs(proposals, num_teacher, teacher, student.detach())
+            student_probs = student.softmax(dim=-1)
+            pairs = self._pairs(proposals, num_teacher, teacher_probs, student_probs.detach())
             kept = torch.arange(proposals.num_boxes, device=teacher.device)
         self.last_pairs = pairs
         weights = pairs.weights[kept]
         count = max(proposals.num_boxes, 1)  # M + N; with no pair every term is an empty sum, 0
-        feature = (weights * self._distance(student, teacher)).sum() / count
+        feature = (weights * self._distance(student, student_probs, teacher, teacher_probs)).sum() / count
         terms = {"rdd/feature" if self.config.use_feature else "rdd/adapter": self.config.alpha_feature * feature}
         if self.config.use_logit:
             logit = (weights * self._logit_disagreement(step, proposals.subset(kept))).sum() / count
@@ -184,8 +188,8 @@ class RDDLoss(DistillLoss):
         loss in eval mode first so that ψ's BatchNorm uses and keeps its running statistics)."""
         proposals, num_teacher = self._proposals(step)
         teacher_map, student_map = self._maps(step)
-        teacher = self._pool(teacher_map, step.teacher.geometry, proposals)
-        student = self._pool(self.adapter(student_map), step.student.geometry, proposals)
+        teacher = self._pool(teacher_map, step.teacher.geometry, proposals).softmax(dim=-1)
+        student = self._pool(self.adapter(student_map), step.student.geometry, proposals).softmax(dim=-1)
         return self._pairs(proposals, num_teacher, teacher, student)
 
     def _selection_reads_disparity(self) -> bool:
@@ -216,25 +220,26 @@ class RDDLoss(DistillLoss):
         return teacher_map, student_map
 
     def _pool(self, feature_map: Tensor, geometry: BEVGeometry, proposals: Proposals) -> Tensor:
-        """Log channel-softmax of ``feature_map`` pooled at every proposal: ``(P, g², C)``, channels last."""
+        """``feature_map`` pooled at every proposal, over τ: ``(P, g², C)`` logits of the channel softmax R̂,
+        channels last."""
         pooled = pool_boxes_channels_last(feature_map, geometry, proposals.boxes, proposals.batch_index,
                                           self.config.grid_size)
-        return F.log_softmax(pooled / self.config.tau, dim=-1)
+        return pooled / self.config.tau
 
     def _pairs(self, proposals: Proposals, num_teacher: int, teacher: Tensor, student: Tensor) -> RegionPairs:
-        """``teacher``, ``student``: detached log-softmax patches of every pair."""
-        disparity = _mean_squared_distance(student.exp(), teacher.exp())
+        """``teacher``, ``student``: detached normalised patches R̂ (channel softmax) of every pair."""
+        disparity = _mean_squared_distance(student, teacher)
         normalised = normalise_disparity(disparity)
         return RegionPairs(proposals, num_teacher, disparity, normalised, selection_weights(normalised, self.config))
 
-    def _distance(self, student: Tensor, teacher: Tensor) -> Tensor:
-        """Per-pair distance of (P, g², C) log-softmax patches -> (P,)."""
+    def _distance(self, student: Tensor, student_probs: Tensor, teacher: Tensor, teacher_probs: Tensor) -> Tensor:
+        """Per-pair distance of (P, g², C) patches, given as logits over τ and as their channel softmax -> (P,)."""
         if self.config.feature_distance == "kl":
-            kl = (teacher.exp() * (teacher - student)).sum(dim=-1)  # (P, g²)
-            return self.config.tau ** 2 * kl.mean(dim=1)
+            log_ratio = teacher.log_softmax(dim=-1) - student.log_softmax(dim=-1)
+            return self.config.tau ** 2 * (teacher_probs * log_ratio).sum(dim=-1).mean(dim=1)
         if self.config.feature_distance == "mse":
-            return _mean_squared_distance(student.exp(), teacher.exp())
-        return (student.exp() - teacher.exp()).flatten(1).norm(dim=1)
+            return _mean_squared_distance(student_probs, teacher_probs)
+        return (student_probs - teacher_probs).flatten(1).norm(dim=1)
 
     def _logit_disagreement(self, step: DistillStep, proposals: Proposals) -> Tensor:
         """Per-pair L1 disagreement of the two heads inside each proposal (mean or sum, ``logit_norm``) -> (P,)."""

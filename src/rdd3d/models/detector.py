@@ -18,6 +18,7 @@ import contextlib
 from dataclasses import dataclass
 from typing import Iterator, NamedTuple, Sequence
 
+import torch
 from torch import Tensor, nn
 
 from rdd3d.data.types import KNOWN_POINT_COLUMNS, ClassTable
@@ -105,6 +106,15 @@ def shared_voxel_structure() -> Iterator[None]:
     build each sparse-convolution rulebook once (a teacher and its width-compressed student)."""
     with shared_voxelisation(), shared_rulebooks():
         yield
+
+
+def channels_last_convolutions(model: nn.Module) -> nn.Module:
+    """Lay ``model``'s 2D convolution weights out channels-last (NHWC), in place: oneDNN's CPU convolutions
+    run fastest on it, and their outputs follow it. Sparse 3D weights keep their layout."""
+    for module in model.modules():
+        if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+            module.to(memory_format=torch.channels_last)
+    return model
 
 
 class DetectorOutput(NamedTuple):
