@@ -143,3 +143,19 @@ def test_rdd_gradient_reaches_the_student_through_the_kept_pairs_alone(batch, la
     torch.testing.assert_close(feature, 0.2 * (pairs.weights * pairs.disparity).sum() / pairs.proposals.num_boxes)
     gradient, = torch.autograd.grad(feature, student_map)
     assert gradient.abs().sum() > 0
+
+
+def test_the_distiller_teacher_reuses_the_training_students_rulebooks(batch, monkeypatch):
+    torch.manual_seed(0)
+    teacher = build_detector("cp-voxel", "synthetic", **SMALL)
+    student = build_detector("cp-voxel-xxs", "synthetic", **SMALL)
+    distiller = Distiller(teacher, student, [], teacher_precision="bf16").train()  # student trains, teacher evals
+    built = []
+    original = rulebooks._submanifold_rulebook
+    monkeypatch.setattr(rulebooks, "_submanifold_rulebook", lambda *a: built.append(1) or original(*a))
+    with shared_voxel_structure():  # the student alone (its layers on one grid share rulebooks here too)
+        student(batch.points)
+    alone = len(built)
+    built.clear()
+    distiller.step_views(batch)
+    assert alone > 0 and len(built) == alone  # the teacher built none

@@ -179,7 +179,8 @@ class Detector(nn.Module):
     def forward(self, points: Sequence[Tensor]) -> DetectorOutput:
         self._check_points(points)
         voxels = self.voxelizer(points)
-        bev = self._bev_map(voxels).features  # (B, C_bev, ny / s, nx / s)
+        with shared_rulebooks():  # layers of one geometry on the same sites build one rulebook
+            bev = self._bev_map(voxels).features  # (B, C_bev, ny / s, nx / s)
         neck = self.backbone_2d(bev).features  # (B, C_neck, H, W)
         return DetectorOutput(self.head(neck), neck)
 

@@ -81,8 +81,13 @@ _SHARED_RULEBOOKS: ContextVar[dict | None] = ContextVar("rdd3d_shared_rulebooks"
 def shared_rulebooks() -> Iterator[None]:
     """Inside the block, a convolution over the same indices tensor (the same object), grid and geometry
     reuses the rulebook built the first time: a student and a teacher that read one voxel batch
-    (:func:`rdd3d.data.voxelize.shared_voxelisation`) and convolve alike build each rulebook once. Strided
-    convolutions return their reused output indices, so the sharing carries down the whole backbone."""
+    (:func:`rdd3d.data.voxelize.shared_voxelisation`) and convolve alike build each rulebook once, and so do
+    two layers of one model with the same geometry on the same sites under different keys. Strided
+    convolutions return their reused output indices, so the sharing carries down the whole backbone. A
+    block inside another joins it."""
+    if _SHARED_RULEBOOKS.get() is not None:
+        yield
+        return
     token = _SHARED_RULEBOOKS.set({})
     try:
         yield
