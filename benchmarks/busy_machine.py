@@ -5,7 +5,7 @@ process at torch's default thread count, once alone and once beside one single-t
 (``python -c "while True: pass"``), under three thread settings: ``fixed`` (``trainer.adaptive_threads``
 off, the old behaviour), ``passive`` (the same with ``OMP_WAIT_POLICY=PASSIVE``: waiting threads sleep
 instead of spinning) and ``adaptive`` (the trainer's default). The figure is the epoch's frames/s from
-the run's log.
+the run's log; each case runs ``--repeats`` times, interleaved, and the medians are compared.
 
     .venv/bin/python benchmarks/busy_machine.py --frames 60 --json benchmarks/results/busy_machine.json
 """
@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -50,6 +51,7 @@ def child(out: Path, frames: int, adaptive: bool) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--frames", type=int, default=60, help="training frames (one epoch, batch 2)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each case; the medians are reported")
     parser.add_argument("--json", default="outputs/benchmarks/busy_machine.json")
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--adaptive", choices=("True", "False"), help=argparse.SUPPRESS)
@@ -58,23 +60,31 @@ def main() -> None:
         return child(args.child, args.frames, args.adaptive == "True")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for setting in SETTINGS:
-            for busy in (False, True):
-                competitor = subprocess.Popen([sys.executable, "-c", BUSY_LOOP]) if busy else None
-                try:
-                    fps = train_once(Path(tmp) / f"{setting}-{busy}", args.frames, setting)
-                finally:
-                    if competitor is not None:
-                        competitor.kill()
-                        competitor.wait()
-                rows.append({"threads": setting, "busy_process": busy, "frames_per_s": fps})
-                print(f"{setting:8} busy={busy!s:5} {fps:6.2f} frames/s", flush=True)
+        for repeat in range(args.repeats):  # settings interleaved, so that a slower spell hits each alike
+            for setting in SETTINGS:
+                for busy in (False, True):
+                    competitor = subprocess.Popen([sys.executable, "-c", BUSY_LOOP]) if busy else None
+                    try:
+                        fps = train_once(Path(tmp) / f"{setting}-{busy}-{repeat}", args.frames, setting)
+                    finally:
+                        if competitor is not None:
+                            competitor.kill()
+                            competitor.wait()
+                    rows.append({"threads": setting, "busy_process": busy, "repeat": repeat, "frames_per_s": fps})
+                    print(f"{setting:8} busy={busy!s:5} {fps:6.2f} frames/s", flush=True)
+    medians = {(setting, busy): statistics.median(r["frames_per_s"] for r in rows
+                                                  if r["threads"] == setting and r["busy_process"] == busy)
+               for setting in SETTINGS for busy in (False, True)}
+    fixed_idle = medians[("fixed", False)]
+    summary = []
     for setting in SETTINGS:
-        idle, busy = (next(r["frames_per_s"] for r in rows if r["threads"] == setting and r["busy_process"] == b)
-                      for b in (False, True))
-        print(f"{setting:8} busy / idle = {busy / idle:.2f}")
+        idle, busy = medians[(setting, False)], medians[(setting, True)]
+        summary.append({"threads": setting, "idle_frames_per_s": idle, "busy_frames_per_s": busy,
+                        "busy_over_fixed_idle": busy / fixed_idle})
+        print(f"{setting:8} median idle {idle:.2f}, busy {busy:.2f} frames/s: busy / fixed idle = "
+              f"{busy / fixed_idle:.2f}")
     write_json(args.json, {"case": "demo teacher (cp-voxel), batch 2, one epoch", "frames": args.frames,
-                           "rows": rows})
+                           "median": summary, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Plain training throughput of every synthetic preset (CPU), optionally of another checkout beside this one.
 
 Each preset trains 2 epochs of 40 frames at batch 4 (frames cached, no loader workers) in a fresh process;
-the figure is the ``frames_per_s`` the trainer logs at the end of the second epoch. ``--source DIR`` runs
+the figure is the ``frames_per_s`` the trainer logs at the end of the second epoch, the median of
+``--repeats`` runs. ``--source DIR`` runs
 the ``src/`` of another checkout of rdd3d (e.g. ``git worktree add /tmp/before <commit>``) with this
 environment, so that two versions are timed side by side on the same machine.
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -42,14 +44,16 @@ def main() -> None:
     parser.add_argument("--presets", nargs="+", default=list(PRESETS))
     parser.add_argument("--source", type=Path, help="another checkout of rdd3d to time instead of this one")
     parser.add_argument("--label", default="this checkout")
+    parser.add_argument("--repeats", type=int, default=2, help="runs per preset; the median is reported")
     parser.add_argument("--json", default="outputs/benchmarks/plain_throughput.json")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for preset in args.presets:
-            fps = frames_per_second(preset, args.threads, args.source, Path(tmp) / preset)
-            rows.append({"preset": preset, "frames_per_s": fps})
-            print(f"{args.label:12} {preset:16} {fps:6.2f} frames/s", flush=True)
+            runs = [frames_per_second(preset, args.threads, args.source, Path(tmp) / f"{preset}-{repeat}")
+                    for repeat in range(args.repeats)]
+            rows.append({"preset": preset, "frames_per_s": statistics.median(runs), "runs": runs})
+            print(f"{args.label:12} {preset:16} {statistics.median(runs):6.2f} frames/s (median of {runs})", flush=True)
     write_json(args.json, {"label": args.label, "threads": args.threads, "batch": 4, "rows": rows})
 
 
