@@ -3,12 +3,14 @@
 One step, for a teacher T and a student S (``[paper]`` the paper states it, ``[ours]`` our choice)::
 
     proposals   teacher's M and student's N decoded detections (score > 0.1, NMS 0.2, <= K)   [paper + ours]
+                (or each score map's 3x3 peaks, ``proposals="peaks"``)                        [ours]
     pairs       every proposal's box pooled on both BEV maps (7 x 7 rotated grid, each map through
                 its own geometry), the student's after the adapter ψ                          [paper + ours]
     normalise   channel softmax with temperature τ at every grid position                     [paper]
     disparity   d_i = mean over the grid of ||R̂_i^S - R̂_i^T||² (no gradient), d̃_i = d_i / max_j d_j [ours]
     selection   m*_i = 1 if d̃_i >= λ else 0 (options: top-ρ, soft, all; no gradient)           [paper + ours]
     L_feat      1/(M+N) Σ_i m*_i · dist_i(ψ-pooled student, pooled teacher)                    [paper]
+                (pooled with gradient, and backpropagated, for the kept pairs alone)          [ours]
     L_logit     1/(M+N) Σ_i m*_i · L1 of the heads' outputs inside proposal i                    [paper + ours]
                 centre heads: sigmoid heatmaps in the box's Gaussian area (class term only);
                 anchor heads: sigmoid class scores + raw box deltas of the anchors centred in the box
