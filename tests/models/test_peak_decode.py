@@ -2,12 +2,12 @@
 
 import torch
 
+from rdd3d.data.types import ClassTable
 from rdd3d.models.heads import AnchorHeadConfig, AnchorPrediction, CenterHeadConfig, DecodeConfig, NMSConfig
 from rdd3d.models.heads.anchor_head import AnchorHead
 from rdd3d.models.heads.center_head import CenterHead
 from rdd3d.models.heads.decode import peak_cells
 from rdd3d.models.heads.prediction import TaskPrediction
-from rdd3d.data.types import ClassTable
 
 CLASSES = ClassTable(("car", "truck", "pedestrian"))
 RANGE = (-8.0, -8.0, -3.0, 8.0, 8.0, 3.0)

@@ -91,6 +91,6 @@ def peak_proposals(view: ModelView, score_threshold: float = 0.1, max_per_sample
     with torch.no_grad():
         found = decode_peaks(view.output, max_per_sample, score_threshold)
     return Proposals.cat(*(
-        Proposals(boxes, torch.full_like(scores, sample, dtype=torch.long), scores, labels.long())
-        for sample, (boxes, scores, labels) in enumerate(found)
+        Proposals(item.boxes, torch.full_like(item.scores, sample, dtype=torch.long), item.scores, item.labels.long())
+        for sample, item in enumerate(found)
     ))

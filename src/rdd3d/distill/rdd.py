@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from rdd3d.distill.base import BEVGeometry, DistillLoss, DistillStep, adapter

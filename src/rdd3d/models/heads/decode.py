@@ -132,7 +132,7 @@ def peak_cells(scores: Tensor, max_per_sample: int, score_threshold: float) -> t
     above ``score_threshold`` -> ``(B, K)`` flat cell indices, their scores and a ``keep`` mask.
 
     Cells that tie with their best neighbour all count as peaks (an untrained head's flat map has many);
-    the top-K then takes the first of them in row-major order."""
+    which of equal scores the top-K keeps is left to ``torch.topk``."""
     pooled = F.max_pool2d(scores[:, None], kernel_size=3, stride=1, padding=1)[:, 0]
     peaks = torch.where(scores >= pooled, scores, torch.full_like(scores, -1.0)).flatten(1)  # (B, H*W)
     count = min(max_per_sample, peaks.shape[1])
