@@ -147,4 +147,6 @@ def test_logit_kd_reads_a_coarse_student_at_the_teacher_cells():
 
     step = step_of(_view(*linear_logits(TEACHER_GRID, TEACHER_SIZE)),
                    _view(*linear_logits(COARSE_GRID, COARSE_SIZE), grid=COARSE_GRID), GT_BOXES, GT_LABELS)
-    assert LogitKDLoss(LogitKDConfig())(step)["kd/heatmap"].item() < 1e-8
+    # float32 rounding of ~800 cells' KL terms stays below 1e-6 (it is CPU-dependent); one cell read 0.1
+    # logit off would already give about 1e-3
+    assert LogitKDLoss(LogitKDConfig())(step)["kd/heatmap"].item() < 1e-6

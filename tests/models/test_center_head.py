@@ -173,3 +173,37 @@ def test_decode_suppresses_neighbouring_peaks(nms):
                                    num_classes=10)
     (detections,) = head.decode([peaks])
     assert detections.scores.tolist() == pytest.approx([0.9, 0.7], abs=1e-6)
+
+
+@pytest.mark.parametrize("nms", [NMSConfig(kind="rotated", iou_threshold=0.2, post_max_size=30),
+                                 NMSConfig(kind="circle", circle_distances=(1.0, 0.5, 2.0, 0.3, 0.8, 0.2),
+                                           pre_max_size=100, post_max_size=20)])
+def test_decode_of_a_batch_equals_one_nms_per_sample_and_task(nms):
+    # The batched decode runs one NMS call for every sample and task; each must keep what it alone keeps.
+    from rdd3d.models.heads.decode import suppress
+    from rdd3d.models.heads.targets import decode_boxes
+
+    head = _head(decode=DecodeConfig(nms=nms, max_per_task=150))
+    generator = torch.Generator().manual_seed(2)
+    predictions = []
+    for labels in head.task_labels:
+        def maps(channels, scale=1.0):
+            return torch.randn(2, channels, 32, 32, generator=generator) * scale
+        predictions.append(TaskPrediction(maps(len(labels), 2.0) - 1.0, maps(2, 0.3), maps(1), maps(3, 0.3),
+                                          maps(2), maps(2)))
+    decoded = head.decode(predictions)
+    for sample, detections in enumerate(decoded):
+        expected = []
+        for task, (prediction, labels) in enumerate(zip(predictions, head.task_labels)):
+            probs = prediction.heatmap[sample].sigmoid().flatten()
+            scores, flat = probs.topk(150)
+            keep = scores > 0.1
+            cells = flat % (32 * 32)
+            codes = prediction.box_code()[sample].flatten(1).t()[cells]
+            boxes = decode_boxes(codes[None], torch.stack([cells % 32, cells // 32], dim=-1)[None], head.grid((32, 32)))[0]
+            kept = suppress(boxes[keep], scores[keep], nms, task)
+            expected.append((boxes[keep][kept], scores[keep][kept]))
+            assert kept.numel() > 0
+        assert torch.allclose(detections.boxes, torch.cat([boxes for boxes, _ in expected]), atol=1e-5)
+        assert detections.scores.tolist() == torch.cat([scores for _, scores in expected]).tolist()
+    assert decoded[0].scores.shape != decoded[1].scores.shape or not torch.equal(decoded[0].boxes, decoded[1].boxes)

@@ -108,3 +108,45 @@ def test_block_by_block_nms_keeps_what_the_full_matrix_keeps(post_max_size):
     expected = _reference_greedy(boxes, scores, lambda b: torch.cdist(b[:, :2], b[:, :2]) ** 2 <= distance,
                                  post_max_size)
     assert circle_nms(boxes, scores, distance, post_max_size=post_max_size).tolist() == expected
+
+
+@pytest.mark.parametrize("nms", [
+    lambda boxes, scores, **kw: rotated_nms(boxes, scores, 0.1, **kw),
+    lambda boxes, scores, **kw: nearest_bev_nms(boxes, scores, 0.2, **kw),
+    lambda boxes, scores, **kw: circle_nms(boxes, scores, 1.5, **kw),
+], ids=["rotated", "nearest_bev", "circle"])
+@pytest.mark.parametrize("sizes", [(None, None), (None, 9), (40, 25)])
+def test_grouped_nms_keeps_what_each_group_alone_keeps(nms, sizes):
+    # Five groups over the same place (a batch's samples and tasks): no box may suppress another group's.
+    pre_max_size, post_max_size = sizes
+    generator = torch.Generator().manual_seed(5)
+    count = 400
+    xy = torch.rand(count, 2, generator=generator) * 20
+    size = torch.rand(count, 2, generator=generator) * 3 + 0.5
+    yaw = torch.rand(count, 1, generator=generator) * 6.28
+    boxes = torch.cat([xy, torch.zeros(count, 1), size, torch.ones(count, 1), yaw], dim=1)
+    scores = torch.rand(count, generator=generator)
+    groups = torch.randint(0, 5, (count,), generator=generator)
+    expected = []
+    for group in range(5):
+        members = torch.nonzero(groups == group).flatten()
+        expected += members[nms(boxes[members], scores[members], pre_max_size=pre_max_size,
+                                post_max_size=post_max_size)].tolist()
+    assert nms(boxes, scores, pre_max_size=pre_max_size, post_max_size=post_max_size, groups=groups).tolist() == expected
+
+
+def test_the_cheap_iou_bound_never_falls_below_the_exact_iou():
+    # rotated_nms skips the exact overlap where this bound is at or below the threshold: it must be sound.
+    from rdd3d.evaluation.geometry import bev_iou_aligned
+    from rdd3d.models.nms import _IoUBound
+
+    generator = torch.Generator().manual_seed(11)
+    count = 5000
+    boxes = torch.cat([torch.rand(count, 2, generator=generator) * 6, torch.zeros(count, 1),
+                       torch.rand(count, 2, generator=generator) * 4 + 0.1, torch.ones(count, 1),
+                       torch.rand(count, 1, generator=generator) * 12 - 6], dim=1)
+    a, b = torch.randint(0, count, (2, 20000), generator=generator)
+    exact = bev_iou_aligned(boxes[a], boxes[b]).double()
+    bound = _IoUBound(boxes).at_most(a, b)
+    assert (bound >= exact).all()
+    assert (exact > 0).sum() > 5000 and (bound < 0.5 * exact.max()).sum() > 1000  # a real spread, and a useful bound

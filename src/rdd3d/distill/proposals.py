@@ -69,15 +69,16 @@ def select_proposals(
         raise ValueError("select_proposals: got no samples (an empty list of Detections)")
     if max_per_sample < 0:
         raise ValueError(f"select_proposals: max_per_sample must be >= 0, got {max_per_sample}")
-    kept = []
-    for sample, found in enumerate(detections):
-        boxes, scores, labels = (tensor.detach() for tensor in found)
-        confident = scores > score_threshold
-        boxes, scores, labels = boxes[confident], scores[confident], labels[confident]
-        order = rotated_nms(boxes, scores, nms_iou, post_max_size=max_per_sample)
-        index = torch.full_like(order, sample)
-        kept.append(Proposals(boxes[order], index, scores[order], labels[order].long()))
-    return Proposals.cat(*kept)
+    boxes = torch.cat([found.boxes.detach() for found in detections])
+    scores = torch.cat([found.scores.detach() for found in detections])
+    labels = torch.cat([found.labels.detach() for found in detections]).long()
+    samples = torch.cat([torch.full_like(found.labels, sample, dtype=torch.long)
+                         for sample, found in enumerate(detections)])
+    confident = scores > score_threshold
+    boxes, scores, labels, samples = boxes[confident], scores[confident], labels[confident], samples[confident]
+    # One NMS call for the batch, each sample its own group: sample by sample, best first.
+    order = rotated_nms(boxes, scores, nms_iou, post_max_size=max_per_sample, groups=samples)
+    return Proposals(boxes[order], samples[order], scores[order], labels[order])
 
 
 def peak_proposals(view: ModelView, score_threshold: float = 0.1, max_per_sample: int = 100) -> Proposals:

@@ -275,27 +275,27 @@ class AnchorHead(nn.Module):
 
     @torch.no_grad()
     def decode(self, prediction: AnchorPrediction) -> list[Detections]:
-        """Per-sample detections in metres, labels indexing ``self.classes``."""
-        boxes = self.decode_boxes(prediction)
-        scores = per_anchor(prediction.cls_logits, self.num_anchor_types).float().sigmoid()  # (B, N, C)
-        return [self._select(sample_boxes, sample_scores) for sample_boxes, sample_scores in zip(boxes, scores)]
-
-    def _select(self, boxes: Tensor, scores: Tensor) -> Detections:
-        """Score filter and NMS of one sample's ``(N, 7)`` boxes with ``(N, C)`` scores."""
+        """Per-sample detections in metres, labels indexing ``self.classes``: score filter, then one NMS call
+        for the batch whose groups are the samples (class-agnostic) or the samples' classes."""
         decode = self.config.decode
+        boxes = self.decode_boxes(prediction)  # (B, N, 7)
+        scores = per_anchor(prediction.cls_logits, self.num_anchor_types).float().sigmoid()  # (B, N, C)
+        batch, anchors, num_classes = scores.shape
+        per_sample = 1 if decode.class_agnostic_nms else num_classes  # NMS groups of a sample
         if decode.class_agnostic_nms:
-            best, labels = scores.max(dim=1)
-            choices = [(0, best, labels)]
-        else:
-            choices = [(c, scores[:, c], torch.full_like(scores[:, c], c, dtype=torch.long))
-                       for c in range(scores.shape[1])]
-        parts = []
-        for task, class_scores, labels in choices:
-            keep = class_scores > decode.score_threshold
-            kept_boxes, kept_scores, kept_labels = boxes[keep], class_scores[keep], labels[keep]
-            order = suppress(kept_boxes, kept_scores, decode.nms, task)
-            parts.append(Detections(kept_boxes[order], kept_scores[order], kept_labels[order]))
-        return Detections(*(torch.cat(values) for values in zip(*parts)))
+            scores, labels = scores.max(dim=-1)  # (B, N)
+            task = torch.zeros_like(labels)
+        else:  # every anchor once per class: (B, C * N), class-major within a sample
+            boxes = boxes[:, None].expand(-1, num_classes, -1, -1).reshape(batch, num_classes * anchors, -1)
+            scores = scores.transpose(1, 2).reshape(batch, num_classes * anchors)
+            labels = torch.arange(num_classes, device=scores.device).repeat_interleave(anchors).expand(batch, -1)
+            task = labels
+        groups = torch.arange(batch, device=scores.device)[:, None] * per_sample + task
+        keep = scores > decode.score_threshold
+        boxes, scores, labels, task, groups = boxes[keep], scores[keep], labels[keep], task[keep], groups[keep]
+        kept = suppress(boxes, scores, decode.nms, task, groups)
+        counts = torch.bincount(groups[kept] // per_sample, minlength=batch).tolist()
+        return [Detections(*parts) for parts in zip(*(part[kept].split(counts) for part in (boxes, scores, labels)))]
 
     @torch.no_grad()
     def decode_peaks(self, prediction: AnchorPrediction, max_per_sample: int,

@@ -86,15 +86,23 @@ def _top_candidates(prediction: TaskPrediction, grid: BEVGrid, config: DecodeCon
     return _Candidates(boxes, scores, flat // (height * width), keep)
 
 
-def suppress(boxes: Tensor, scores: Tensor, nms: NMSConfig, task: int = 0) -> Tensor:
-    """Indices kept by the task's NMS, best first."""
+def suppress(boxes: Tensor, scores: Tensor, nms: NMSConfig, task: int | Tensor = 0,
+             groups: Optional[Tensor] = None) -> Tensor:
+    """Indices kept by the NMS, by ascending group (one per sample and task; None: one group), best first
+    within a group. ``task``: the task of every box (one value or one per box), which picks circle NMS's
+    distance."""
     if nms.kind == "rotated":
-        return rotated_nms(boxes, scores, nms.iou_threshold, nms.pre_max_size, nms.post_max_size)
+        return rotated_nms(boxes, scores, nms.iou_threshold, nms.pre_max_size, nms.post_max_size, groups)
     if nms.kind == "nearest_bev":
-        return nearest_bev_nms(boxes, scores, nms.iou_threshold, nms.pre_max_size, nms.post_max_size)
+        return nearest_bev_nms(boxes, scores, nms.iou_threshold, nms.pre_max_size, nms.post_max_size, groups)
     if nms.kind == "circle":
-        return circle_nms(boxes, scores, nms.circle_distances[task], nms.pre_max_size, nms.post_max_size)
-    return torch.argsort(scores, descending=True, stable=True)
+        distances = boxes.new_tensor(nms.circle_distances, dtype=torch.float64)[torch.as_tensor(task,
+                                                                                              device=boxes.device)]
+        return circle_nms(boxes, scores, distances, nms.pre_max_size, nms.post_max_size, groups)
+    by_score = torch.argsort(scores, descending=True, stable=True)
+    if groups is None:
+        return by_score
+    return by_score[torch.argsort(groups[by_score], stable=True)]
 
 
 def decode_detections(
@@ -106,17 +114,22 @@ def decode_detections(
     """One :class:`Detections` per sample; tasks concatenated in order, ``labels`` are ClassTable indices
     (``task_labels[t]`` maps task t's heatmap channels to them)."""
     config.check_num_tasks(len(predictions))
-    per_sample: list[list[Detections]] = [[] for _ in range(predictions[0].heatmap.shape[0])]
-    for task, (prediction, labels) in enumerate(zip(predictions, task_labels, strict=True)):
-        candidates = _top_candidates(prediction, grid, config)
-        global_labels = torch.as_tensor(labels, dtype=torch.long, device=candidates.classes.device)
-        for sample, detections in enumerate(per_sample):
-            keep = candidates.keep[sample]
-            boxes, scores = candidates.boxes[sample, keep], candidates.scores[sample, keep]
-            labels_here = global_labels[candidates.classes[sample, keep]]
-            kept = suppress(boxes, scores, config.nms, task)
-            detections.append(Detections(boxes[kept], scores[kept], labels_here[kept]))
-    merged = [Detections(*(torch.cat(parts) for parts in zip(*tasks))) for tasks in per_sample]
+    num_tasks = len(predictions)
+    # Every task of every sample at once: group sample * num_tasks + task, so that one NMS call serves the
+    # batch and its output comes sample by sample, tasks in order, best first within a task.
+    candidates = [_top_candidates(prediction, grid, config) for prediction in predictions]
+    device = candidates[0].scores.device
+    labels = torch.cat([torch.as_tensor(labels, dtype=torch.long, device=device)[found.classes]
+                        for found, labels in zip(candidates, task_labels, strict=True)], dim=1)  # (B, T*K)
+    boxes, scores, keep = (torch.cat(parts, dim=1) for parts in zip(*((found.boxes, found.scores, found.keep)
+                                                                       for found in candidates)))
+    task = torch.cat([torch.full_like(found.classes, index) for index, found in enumerate(candidates)], dim=1)
+    batch = scores.shape[0]
+    groups = torch.arange(batch, device=device)[:, None] * num_tasks + task
+    boxes, scores, labels, task, groups = boxes[keep], scores[keep], labels[keep], task[keep], groups[keep]
+    kept = suppress(boxes, scores, config.nms, task, groups)
+    counts = torch.bincount(groups[kept] // num_tasks, minlength=batch).tolist()
+    merged = [Detections(*parts) for parts in zip(*(part[kept].split(counts) for part in (boxes, scores, labels)))]
     if config.max_per_sample is None:
         return merged
     capped = []
