@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from rdd3d.cli import EXIT_USAGE, main
 from rdd3d.engine.benchmark import (
@@ -79,6 +80,22 @@ def test_a_run_saved_before_a_config_key_existed_is_still_reused(smoke_run, caps
     assert main(["benchmark", "--plan", str(SMOKE), "--out", str(smoke_run), "--set", LAMBDA_ZERO,
                  "--set", "trainer.log_interval=1"]) == 0
     assert teacher.stat().st_mtime_ns == stamp
+
+
+def test_a_run_stores_only_its_own_method_options_and_others_never_block_reuse(smoke_run, capsys):
+    run = smoke_run / "cp-voxel-xxs-from-cp-voxel" / "rdd" / "seed0"
+    state = load_checkpoint(run / "last.pt")
+    stored = state["config"]["distill"]
+    assert "rdd" in stored and not {"hint", "fg", "gid_l", "gid_f", "lad", "pp_logit", "kd"} & set(stored)
+    written = yaml.safe_load((run / "config.yaml").read_text())["distill"]
+    assert set(written) == set(stored)
+    # As a checkpoint of a version that stored every block, with another default of a method this run never used.
+    stored["pp_logit"] = {"weight": 123.0}
+    save_checkpoint(run / "last.pt", state)
+    stamp = (run / "last.pt").stat().st_mtime_ns
+    assert main(["benchmark", "--plan", str(SMOKE), "--out", str(smoke_run), "--set", LAMBDA_ZERO,
+                 "--set", "trainer.log_interval=1"]) == 0
+    assert (run / "last.pt").stat().st_mtime_ns == stamp
 
 
 def test_a_folder_holding_another_config_is_an_error_not_overwritten(smoke_run, capsys):

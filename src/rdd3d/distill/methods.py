@@ -48,7 +48,17 @@ class DistillConfig:
                              f"{list(TEACHER_PRECISIONS)}")
 
     def method_options(self):
-        return getattr(self, self.method.replace("-", "_"))
+        return getattr(self, _block(self.method))
+
+    def unused_blocks(self) -> list[str]:
+        """The option blocks the chosen method does not read: a run's stored config leaves them out, so
+        that a default changed in a method a run never used does not make the finished run look different."""
+        return [_block(method) for method in METHODS if method not in ("none", self.method)]
+
+
+def _block(method: str) -> str:
+    """The field of :class:`DistillConfig` holding ``method``'s options."""
+    return method.replace("-", "_")
 
 
 def build_method(config: DistillConfig, student_channels: int, teacher_channels: int) -> list[DistillLoss]:

@@ -91,7 +91,7 @@ def _run(config: RunConfig, resume: str | None, make_trainee: Callable[[Distribu
 
         output_dir = Path(config.output_dir)
         if context.is_main:
-            save_config(config, output_dir / "config.yaml")
+            save_config(plain_config(config), output_dir / "config.yaml")
         trainer = Trainer(trainee, frames, config.trainer, config.optim, output_dir, context,
                           evaluate=evaluate, run_config=plain_config(config))
         if resume is not None:
@@ -140,5 +140,9 @@ def detector_from_checkpoint(path: str | Path, device="cpu"):
 
 
 def plain_config(config: RunConfig) -> dict:
-    """The config as plain containers (what a ``weights_only`` checkpoint may hold)."""
-    return OmegaConf.to_container(OmegaConf.structured(config), resolve=True)
+    """The config as plain containers (what a ``weights_only`` checkpoint may hold), as a run stores it:
+    only the chosen distillation method's options (reading it back fills the others' defaults)."""
+    plain = OmegaConf.to_container(OmegaConf.structured(config), resolve=True)
+    for block in config.distill.unused_blocks():
+        del plain["distill"][block]
+    return plain
