@@ -1,3 +1,5 @@
+import gc
+
 import pytest
 import torch
 from torch import nn
@@ -66,6 +68,55 @@ def test_taps_record_named_outputs_and_report_bad_names(batch):
     recorder.remove()
     with pytest.raises(ValueError, match="no submodule 'neck'.*backbone_2d"):
         TapRecorder(teacher, {"bev": TapSpec("neck")})
+
+
+class DictHeadModel(nn.Module):
+    """Outputs as OpenPCDet and mmdetection3d heads give them: a dict of maps, a tuple of per-level outputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Conv2d(2, 3, 1)
+        self.levels = nn.Identity()
+
+    def forward(self, x):
+        maps = self.head(x)
+        return self.levels(({"heatmap": maps[:, :1], "reg": maps[:, 1:]}, maps))
+
+
+def test_taps_select_by_key_index_attribute_or_callable_and_name_what_is_missing():
+    model = DictHeadModel()
+    recorder = TapRecorder(model, {"dict": TapSpec("levels", 0), "heatmap": TapSpec("levels", lambda out: out[0]["heatmap"]),
+                                   "last": TapSpec("levels", -1), "shape": TapSpec("head", "shape")})
+    x = torch.randn(1, 2, 4, 4)
+    output = model(x)
+    records = recorder.take()
+    assert records["dict"] is output[0] and records["last"] is output[1] and records["shape"] == (1, 3, 4, 4)
+    assert records["heatmap"] is output[0]["heatmap"]
+    recorder.remove()
+    for spec, message in ((TapSpec("levels", 2), "tap 'bad': output of 'levels' \\(tuple of 2\\) has no item 2"),
+                          (TapSpec("head", "heatmaps"), "tap 'bad': output of 'head' \\(Tensor\\) has no field 'heatmaps'")):
+        with TapRecorder(model, {"bad": spec}), pytest.raises(ValueError, match=message):
+            model(x)
+    with pytest.raises(ValueError, match="no key 'heatmaps'; keys: \\['heatmap', 'reg'\\]"):
+        TapSpec("levels", "heatmaps").select(output[0])
+    assert not any(module._forward_hooks for module in model.modules())
+
+
+def test_a_closed_distiller_leaves_plain_models_that_pickle(batch, tmp_path):
+    teacher, student = _pair()
+    with Distiller(teacher, student, []) as distiller:
+        distiller.train()
+        distiller(batch)
+        assert student.backbone_2d._forward_hooks and teacher.head._forward_hooks
+    assert not any(module._forward_hooks for model in (teacher, student) for module in model.modules())
+    torch.save(student, tmp_path / "student.pt")  # the whole module: no local hook function left on it
+    with pytest.raises(RuntimeError, match="closed"):
+        distiller(batch)
+    # A distiller that is simply dropped takes its taps with it too.
+    teacher, student = _pair()
+    Distiller(teacher, student, [])
+    gc.collect()
+    assert not any(module._forward_hooks for model in (teacher, student) for module in model.modules())
 
 
 def test_teacher_is_held_outside_the_trainees_state_and_moves_with_it():

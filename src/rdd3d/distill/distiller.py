@@ -19,6 +19,7 @@ only. Device and dtype moves (``.to``) still reach it. Its weights live in its o
 from __future__ import annotations
 
 import contextlib
+import weakref
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -39,6 +40,11 @@ def _ordinary_float32(value: Any) -> Any:
     if not isinstance(value, Tensor):
         return value
     return value.float() if value.is_floating_point() and value.dtype != torch.float32 else value.clone()
+
+
+def _remove_all(recorders: Sequence[TapRecorder]) -> None:
+    for recorder in recorders:
+        recorder.remove()
 
 
 class Distiller(nn.Module):
@@ -64,7 +70,20 @@ class Distiller(nn.Module):
         channels_last_convolutions(self.teacher)
         self._teacher_taps = TapRecorder(teacher, taps)
         self._student_taps = TapRecorder(student, taps)
+        # No hook outlives its distiller: close() takes them off, and so does garbage collection.
+        self._release_taps = weakref.finalize(self, _remove_all, (self._teacher_taps, self._student_taps))
         self._geometry = (BEVGeometry.of(teacher), BEVGeometry.of(student))
+
+    def close(self) -> None:
+        """Take the taps off both models, which are then plain detectors again (the student can be pickled
+        whole); the distiller cannot step after this. Also the end of a ``with Distiller(...)`` block."""
+        self._release_taps()
+
+    def __enter__(self) -> "Distiller":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
 
     @property
     def teacher(self) -> nn.Module:
@@ -85,6 +104,8 @@ class Distiller(nn.Module):
 
         The student goes first: the voxels and rulebooks the teacher may reuse must be ordinary tensors, which
         the student's backward can save (tensors made under inference mode cannot be)."""
+        if not self._release_taps.alive:
+            raise RuntimeError("this Distiller is closed: its taps are off the models")
         with shared_voxel_structure():
             student_output = self.student(batch.points)
             student = ModelView(self.student, student_output, self._student_taps.take(), self._geometry[1])

@@ -7,15 +7,44 @@ detector can be distilled without a distillation-specific subclass.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 from torch import nn
 
 
 @dataclass(frozen=True)
 class TapSpec:
-    module: str  # dotted submodule path, e.g. "backbone_2d" ("" is the model itself)
-    field: str | None = None  # keep only this attribute of the module's output (e.g. "features")
+    """Which output a tap records: the output of submodule ``module`` (dotted path, ``""`` the model
+    itself), narrowed by ``field``: a name (an attribute, or a key of a mapping output such as an
+    OpenPCDet or mmdetection3d head's dict of maps), an index (of a tuple or list output) or a callable
+    applied to the output."""
+
+    module: str
+    field: str | int | Callable[[Any], Any] | None = None
+
+    def select(self, output: Any) -> Any:
+        """The part of ``output`` this tap records; a missing one is an error naming the tap's module."""
+        field = self.field
+        if field is None:
+            return output
+        if callable(field):
+            return field(output)
+        if isinstance(field, int):
+            if isinstance(output, Sequence) and -len(output) <= field < len(output):
+                return output[field]
+            raise ValueError(f"output of '{self.module}' ({_described(output)}) has no item {field}")
+        if isinstance(output, Mapping):
+            if field in output:
+                return output[field]
+            raise ValueError(f"output of '{self.module}' (a mapping) has no key '{field}'; "
+                             f"keys: {sorted(map(str, output))}")
+        if hasattr(output, field):
+            return getattr(output, field)
+        raise ValueError(f"output of '{self.module}' ({_described(output)}) has no field '{field}'")
+
+
+def _described(output: Any) -> str:
+    return f"{type(output).__name__} of {len(output)}" if isinstance(output, Sequence) else type(output).__name__
 
 
 #: Taps of rdd3d's detectors: the BEV neck map and the head's predictions.
@@ -26,7 +55,10 @@ DETECTOR_TAPS: dict[str, TapSpec] = {
 
 
 class TapRecorder:
-    """Holds forward hooks on ``model``'s tapped submodules; ``records`` maps tap name -> last output."""
+    """Holds forward hooks on ``model``'s tapped submodules; ``records`` maps tap name -> last output.
+
+    The hooks stay until :meth:`remove` (or the end of a ``with`` block): a model must not keep them
+    after its distillation, or it would go on recording and could not be pickled."""
 
     def __init__(self, model: nn.Module, taps: Mapping[str, TapSpec]) -> None:
         self.records: dict[str, Any] = {}
@@ -44,12 +76,10 @@ class TapRecorder:
 
     def _recorder(self, name: str, spec: TapSpec):
         def hook(module, inputs, output):
-            if spec.field is not None:
-                if not hasattr(output, spec.field):
-                    raise ValueError(f"tap '{name}': output of '{spec.module}' ({type(output).__name__}) "
-                                     f"has no field '{spec.field}'")
-                output = getattr(output, spec.field)
-            self.records[name] = output
+            try:
+                self.records[name] = spec.select(output)
+            except ValueError as error:
+                raise ValueError(f"tap '{name}': {error}") from None
 
         return hook
 
@@ -59,6 +89,14 @@ class TapRecorder:
         return records
 
     def remove(self) -> None:
+        """Take the hooks off the model (again is harmless)."""
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        self.records = {}
+
+    def __enter__(self) -> "TapRecorder":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.remove()

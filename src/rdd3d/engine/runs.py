@@ -73,6 +73,7 @@ def distillation_trainee(config: RunConfig, device) -> Distiller:
 
 def _run(config: RunConfig, resume: str | None, make_trainee: Callable[[DistributedContext], nn.Module]):
     context = init_distributed(config.device)
+    trainee = None
     try:
         seed_everything(config.trainer.seed, config.trainer.deterministic)
         train_set, val_set = build_datasets(config.data)
@@ -98,6 +99,8 @@ def _run(config: RunConfig, resume: str | None, make_trainee: Callable[[Distribu
             trainer.resume(output_dir / Trainer.LAST if resume == "last" else Path(resume))
         return trainer.fit()
     finally:
+        if isinstance(trainee, Distiller):
+            trainee.close()  # the student leaves as a plain detector, without the taps' hooks
         shutdown_distributed()
 
 
