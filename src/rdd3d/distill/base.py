@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from rdd3d.data.collate import DetectionBatch
+from rdd3d.models.heads.prediction import Detections
 from rdd3d.models.heads.targets import BEVGrid
 
 
@@ -61,11 +62,12 @@ class ModelView:
                              f"{sorted(self.taps)}; declare it in the distiller's taps (see docs/distillation.md)")
         return self.taps[name]
 
-    def detections(self) -> list:
-        """The model's decoded detections of this step (computed once, without gradient)."""
+    def detections(self) -> list[Detections]:
+        """The model's decoded detections of this step, one :class:`Detections` per sample (computed once,
+        without gradient; a ``decode`` giving dataclasses or dicts is read by field name)."""
         if self._decoded is None:
             with torch.no_grad():
-                self._decoded = self.model.decode(self.output)
+                self._decoded = [Detections.of(found) for found in self.model.decode(self.output)]
         return self._decoded
 
 

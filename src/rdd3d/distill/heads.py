@@ -16,13 +16,13 @@ and PointPillars-S/XS, keep their teacher's resolution); feature terms, read at 
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, Callable, Mapping, NamedTuple
 
 import torch
 from torch import Tensor
 
 from rdd3d.distill.base import DistillStep, ModelView
-from rdd3d.models.heads import AnchorPrediction
+from rdd3d.models.heads import AnchorPrediction, TaskPrediction
 
 #: The tap holding the head's output (:data:`rdd3d.distill.taps.DETECTOR_TAPS` declares it).
 HEAD_TAP = "head"
@@ -36,15 +36,52 @@ def head_kind(record: Any) -> str:
 
 def class_logit_maps(record: Any) -> list[Tensor]:
     """A head tap as class-logit maps: one ``(B, C, H, W)`` heatmap per task of a centre head (from one
-    tensor, a sequence of tensors, or objects with a ``heatmap`` field), or the anchor head's
-    ``(B, A * C, H, W)`` class logits (anchor-major channels: every anchor type's classes)."""
+    tensor, a sequence of tensors, objects with a ``heatmap`` field or dicts with a ``"heatmap"`` key, as
+    mmdetection3d's CenterHead gives per task), or the anchor head's ``(B, A * C, H, W)`` class logits
+    (anchor-major channels: every anchor type's classes). Other layouts: narrow the tap with a
+    :class:`~rdd3d.distill.taps.TapSpec` field (a key, an index or a callable)."""
     if isinstance(record, AnchorPrediction):
         return [record.cls_logits]
-    if isinstance(record, Tensor):
-        return [record]
-    if hasattr(record, "heatmap"):
-        return [record.heatmap]
-    return [getattr(item, "heatmap", item) for item in record]
+    if isinstance(record, (Tensor, Mapping)) or hasattr(record, "heatmap"):
+        return [_heatmap(record)]
+    return [_heatmap(item) for item in record]
+
+
+def _heatmap(item: Any) -> Tensor:
+    if isinstance(item, Mapping):
+        if "heatmap" not in item:
+            raise ValueError(f"the head tap recorded a dict with keys {sorted(map(str, item))} and no 'heatmap'; "
+                             f"select the class-logit maps with the tap's field (a key, an index or a callable)")
+        return item["heatmap"]
+    heatmap = getattr(item, "heatmap", item)
+    if not isinstance(heatmap, Tensor):
+        raise ValueError(f"the head tap recorded a {type(item).__name__}, not class-logit maps (a tensor, or "
+                         f"items with a 'heatmap' field or key); narrow it with the tap's field")
+    return heatmap
+
+
+def task_dicts(heatmap: str = "heatmap", center: str = "reg", center_z: str = "height", dim: str = "dim",
+               rot: str = "rot", velocity: str | None = "vel") -> Callable[[Any], tuple[TaskPrediction, ...]]:
+    """A :class:`~rdd3d.distill.taps.TapSpec` field for a centre head that returns one dict of maps per task:
+    each dict as a :class:`~rdd3d.models.heads.TaskPrediction`, the maps found under the given keys. The
+    defaults are mmdetection3d's CenterHead names; OpenPCDet's are ``heatmap="hm", center="center",
+    center_z="center_z"``. The maps are taken as they are (both models of one framework share its
+    conventions), so every method can compare them, the regression maps included."""
+    keys = {"heatmap": heatmap, "center": center, "center_z": center_z, "dim": dim, "rot": rot}
+
+    def read(output: Any) -> tuple[TaskPrediction, ...]:
+        tasks = [output] if isinstance(output, Mapping) else list(output)
+        predictions = []
+        for index, task in enumerate(tasks):
+            missing = [key for key in (*keys.values(), velocity) if key is not None and key not in task]
+            if missing:
+                raise ValueError(f"task {index} of the head's output has no {missing}; its keys: "
+                                 f"{sorted(map(str, task))} (task_dicts names the keys of each map)")
+            predictions.append(TaskPrediction(**{field: task[key] for field, key in keys.items()},
+                                              velocity=task[velocity] if velocity is not None else None))
+        return tuple(predictions)
+
+    return read
 
 
 def step_head_kind(step: DistillStep, method: str) -> str:

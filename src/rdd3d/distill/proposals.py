@@ -69,6 +69,7 @@ def select_proposals(
         raise ValueError("select_proposals: got no samples (an empty list of Detections)")
     if max_per_sample < 0:
         raise ValueError(f"select_proposals: max_per_sample must be >= 0, got {max_per_sample}")
+    detections = [Detections.of(found) for found in detections]
     boxes = torch.cat([found.boxes.detach() for found in detections])
     scores = torch.cat([found.scores.detach() for found in detections])
     labels = torch.cat([found.labels.detach() for found in detections]).long()
@@ -90,7 +91,7 @@ def peak_proposals(view: ModelView, score_threshold: float = 0.1, max_per_sample
                          f"score_threshold) -> one Detections per sample (rdd3d's Detector has it); use "
                          f"proposals='nms' for a detector that only decodes")
     with torch.no_grad():
-        found = decode_peaks(view.output, max_per_sample, score_threshold)
+        found = [Detections.of(item) for item in decode_peaks(view.output, max_per_sample, score_threshold)]
     return Proposals.cat(*(
         Proposals(item.boxes, torch.full_like(item.scores, sample, dtype=torch.long), item.scores, item.labels.long())
         for sample, item in enumerate(found)

@@ -17,6 +17,7 @@ from rdd3d.data.collate import DetectionBatch, collate_frames
 from rdd3d.data.types import Frame
 from rdd3d.engine.distributed import DistributedContext, gather_objects
 from rdd3d.engine.datasets import evaluate, summary_metrics
+from rdd3d.models.heads.prediction import Detections
 
 
 def detection_loss_terms(detector: nn.Module, output, batch: DetectionBatch) -> dict[str, Tensor]:
@@ -47,7 +48,7 @@ def predict(detector: nn.Module, frames: Sequence[Frame], device: torch.device, 
     for start in tqdm(starts, desc="predict", disable=not show_progress, leave=False):
         batch = collate_frames(frames[start:start + batch_size]).to(device)
         for item in detector.decode(detector(batch.points)):
-            detections.append(type(item)(*(t.cpu() for t in item)))
+            detections.append(Detections(*(part.cpu() for part in Detections.of(item))))
     detector.train(was_training)
     return detections
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import Any, Mapping, NamedTuple, Optional
 
 import torch
 from torch import Tensor
@@ -32,6 +32,23 @@ class Detections(NamedTuple):
     boxes: Tensor  # (K, 7|9) x y z dx dy dz yaw [vx vy], metric LiDAR frame
     scores: Tensor  # (K,)
     labels: Tensor  # (K,) long, indices into the dataset's ClassTable
+
+    @classmethod
+    def of(cls, found: Any) -> "Detections":
+        """One sample's detections as another detector's ``decode`` gives them: anything with ``boxes``,
+        ``scores`` and ``labels`` attributes (a dataclass, a named tuple) or keys (a dict), read by name."""
+        if isinstance(found, Detections):
+            return found
+        parts = []
+        for name in cls._fields:
+            if isinstance(found, Mapping) and name in found:
+                parts.append(found[name])
+            elif not isinstance(found, Mapping) and hasattr(found, name):
+                parts.append(getattr(found, name))
+            else:
+                raise ValueError(f"a detector's decode gave {type(found).__name__} without '{name}': each sample's "
+                                 f"detections need boxes (K, 7+), scores (K,) and labels (K,), as attributes or keys")
+        return cls(*parts)
 
 
 def gather_cells(maps: Tensor, indices: Tensor) -> Tensor:
