@@ -10,9 +10,9 @@ from rdd3d.data.gt_sampling import (
 from rdd3d.data.io import read_point_array
 from rdd3d.data.kitti import KittiDataset
 from rdd3d.data.synthetic.dataset import SyntheticDataset
-from rdd3d.data.types import Boxes3D, ClassTable, Frame, PointCloud
+from rdd3d.core.types import Boxes3D, ClassTable, Frame, PointCloud
 from rdd3d.engine.config_loading import build_config
-from rdd3d.evaluation.geometry import bev_overlap_area
+from rdd3d.core.geometry import bev_overlap_area
 
 CLASSES = ClassTable(("car", "pedestrian"))
 COLUMNS = ("x", "y", "z", "intensity")

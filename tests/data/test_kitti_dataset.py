@@ -23,10 +23,10 @@ from rdd3d.data.kitti import (
     write_kitti_results,
 )
 from rdd3d.data.transforms import crop_to_range
-from rdd3d.data.types import PointCloud
+from rdd3d.core.types import PointCloud
 from rdd3d.evaluation.kitti_format import KittiCalibration, KittiFormatError, KittiObjects, read_label_file
 from rdd3d.evaluation.kitti_metrics import evaluate_kitti
-from rdd3d.models.heads.prediction import Detections
+from rdd3d.core.types import Detections
 from rdd3d.models.presets import build_detector
 from rdd3d.viz import BoxLayer, save_bev
 

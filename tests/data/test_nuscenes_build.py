@@ -27,7 +27,7 @@ from rdd3d.data.nuscenes import (  # noqa: E402
     NuScenesDataset, build_infos, read_infos, submission_from_detections, write_submission,
 )
 from rdd3d.evaluation.nuscenes_io import evaluate_results_file, load_nuscenes_ground_truth  # noqa: E402
-from rdd3d.models.heads.prediction import Detections  # noqa: E402
+from rdd3d.core.types import Detections  # noqa: E402
 
 from data.nuscenes_support import (  # noqa: E402
     CLOSE_POINT, LIDAR_ROTATION, LIDAR_TRANSLATION, OBJECTS, SCENES, SWEEP_STEP_US, VERSION, ego_pose, file_name,

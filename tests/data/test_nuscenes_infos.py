@@ -12,8 +12,8 @@ from rdd3d.data.nuscenes import (
     InfoBoxes, InfoFileError, NuScenesDataset, NuScenesInfos, SampleInfo, SweepInfo, cbgs_indices, default_attributes,
     read_infos, submission_from_detections, write_infos,
 )
-from rdd3d.data.types import Boxes3D, ClassTable, Frame, PointCloud
-from rdd3d.models.heads.prediction import Detections
+from rdd3d.core.types import Boxes3D, ClassTable, Frame, PointCloud
+from rdd3d.core.types import Detections
 
 
 def sample(token: str, names: tuple[str, ...], num_lidar_pts=None) -> SampleInfo:

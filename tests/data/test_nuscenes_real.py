@@ -16,7 +16,7 @@ from rdd3d.data.nuscenes import (
 )
 from rdd3d.data.transforms import crop_to_range
 from rdd3d.evaluation.nuscenes_metrics import NO_ATTRIBUTE, BoxTable, detection_cvpr_2019
-from rdd3d.models.heads.prediction import Detections
+from rdd3d.core.types import Detections
 from rdd3d.models.presets import NUSCENES, build_detector
 from rdd3d.viz import BoxLayer, save_bev
 

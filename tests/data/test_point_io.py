@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from rdd3d.data.io import PointFileError, read_points, write_points
-from rdd3d.data.types import PointCloud
+from rdd3d.core.types import PointCloud
 
 
 def test_round_trip(tmp_path):

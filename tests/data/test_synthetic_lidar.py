@@ -5,7 +5,7 @@ import pytest
 
 from rdd3d.data.synthetic import CLASS_NAMES, GROUND, Actor, Ground, LidarConfig, Scene, build_object, scan
 from rdd3d.data.synthetic.shapes import box
-from rdd3d.data.types import Boxes3D
+from rdd3d.core.types import Boxes3D
 
 CLEAN = LidarConfig(range_noise_std=0.0, dropout=0.0, num_sweeps=1)
 CAR = CLASS_NAMES.index("car")

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from rdd3d.data import transforms
-from rdd3d.data.types import Boxes3D, ClassTable, Frame, PointCloud
+from rdd3d.core.types import Boxes3D, ClassTable, Frame, PointCloud
 
 
 def _frame_with_points_in_boxes(seed: int = 0) -> Frame:

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from rdd3d.data.types import Boxes3D, ClassTable, Frame, PointCloud
+from rdd3d.core.types import Boxes3D, ClassTable, Frame, PointCloud
 
 
 def test_point_inside_rotated_box():

@@ -9,7 +9,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from rdd3d.data.types import ClassTable
+from rdd3d.core.types import ClassTable
 from rdd3d.distill.base import BEVGeometry, ModelView
 from rdd3d.models.heads import AnchorClassConfig, AnchorHead, AnchorHeadConfig, AnchorPrediction, Detections
 

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from rdd3d.data.collate import DetectionBatch
-from rdd3d.data.types import ClassTable
+from rdd3d.core.types import ClassTable
 from rdd3d.distill.base import BEVGeometry, DistillStep, ModelView
 from rdd3d.models.detector import DetectorOutput
 from rdd3d.models.heads import CenterHead, CenterHeadConfig, DecodeConfig, Detections, TaskPrediction

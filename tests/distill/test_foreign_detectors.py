@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from rdd3d.data.collate import collate_frames
 from rdd3d.data.synthetic import SyntheticDataset
-from rdd3d.data.types import ClassTable
+from rdd3d.core.types import ClassTable
 from rdd3d.distill.distiller import Distiller
 from rdd3d.distill.heads import task_dicts
 from rdd3d.distill.methods import DistillConfig, build_method

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from rdd3d.data.types import Boxes3D, ClassTable, Frame, PointCloud
+from rdd3d.core.types import Boxes3D, ClassTable, Frame, PointCloud
 
 CLASSES = ClassTable(("car", "pedestrian"))
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from shapely.geometry import Polygon
 
-from rdd3d.evaluation.geometry import (
+from rdd3d.core.geometry import (
     axis_aligned_iou,
     bev_iou,
     bev_iou_aligned,

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from rdd3d.data.io import read_point_array, read_points
-from rdd3d.data.types import Boxes3D
+from rdd3d.core.types import Boxes3D
 from rdd3d.evaluation.kitti_format import (
     KittiFormatError,
     KittiObjects,

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from rdd3d.evaluation.geometry import axis_aligned_iou, bev_iou, iou3d
+from rdd3d.core.geometry import axis_aligned_iou, bev_iou, iou3d
 from rdd3d.evaluation.kitti_format import (
     KittiObjects,
     camera_to_lidar_boxes,

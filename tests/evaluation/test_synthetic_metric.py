@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from rdd3d.data.synthetic.dataset import SyntheticDataset
-from rdd3d.data.types import Boxes3D, ClassTable, Frame, PointCloud
+from rdd3d.core.types import Boxes3D, ClassTable, Frame, PointCloud
 from rdd3d.evaluation.detection_metrics import FRAME_TP_METRICS, evaluate_frames, frame_metric_config
 
 pytest.importorskip("nuscenes")
@@ -151,7 +151,7 @@ def test_synthetic_ground_truth_as_detections_scores_perfectly() -> None:
 
 def test_detections_from_the_model_head_are_accepted() -> None:
     torch = pytest.importorskip("torch")
-    from rdd3d.models.heads.prediction import Detections
+    from rdd3d.core.types import Detections
 
     frames, found = random_frames(4, n_frames=3)
     as_tensors = [Detections(torch.from_numpy(d.boxes.tensor), torch.from_numpy(d.scores), torch.from_numpy(d.labels))

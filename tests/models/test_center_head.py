@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from rdd3d.data.types import ClassTable
+from rdd3d.core.types import ClassTable
 from rdd3d.models.heads import (
     CenterHead, CenterHeadConfig, DecodeConfig, LossConfig, NMSConfig, TaskPrediction, TaskTargets,
     center_loss, clamped_sigmoid, focal_loss, masked_l1,

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from rdd3d.data.types import ClassTable
+from rdd3d.core.types import ClassTable
 from rdd3d.models.heads import (
     BEVGrid, CenterHead, CenterHeadConfig, DecodeConfig, LossConfig, NMSConfig, TargetConfig, TaskPrediction,
     assign_targets, box_cells, draw_gaussians, gaussian_radius,

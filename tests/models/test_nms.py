@@ -91,7 +91,7 @@ def _reference_greedy(boxes, scores, overlap_matrix, post_max_size=None):
 @pytest.mark.parametrize("post_max_size", [None, 7, 150])
 def test_block_by_block_nms_keeps_what_the_full_matrix_keeps(post_max_size):
     # 300 candidates in clusters around 40 objects (a decoded heatmap's blobs), more than four blocks.
-    from rdd3d.evaluation.geometry import bev_iou
+    from rdd3d.core.geometry import bev_iou
 
     generator = torch.Generator().manual_seed(3)
     centres = torch.rand(40, 2, generator=generator) * 60 - 30
@@ -137,7 +137,7 @@ def test_grouped_nms_keeps_what_each_group_alone_keeps(nms, sizes):
 
 def test_the_cheap_iou_bound_never_falls_below_the_exact_iou():
     # rotated_nms skips the exact overlap where this bound is at or below the threshold: it must be sound.
-    from rdd3d.evaluation.geometry import bev_iou_aligned
+    from rdd3d.core.geometry import bev_iou_aligned
     from rdd3d.models.nms import _IoUBound
 
     generator = torch.Generator().manual_seed(11)

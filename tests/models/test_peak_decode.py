@@ -2,7 +2,7 @@
 
 import torch
 
-from rdd3d.data.types import ClassTable
+from rdd3d.core.types import ClassTable
 from rdd3d.models.heads import AnchorHeadConfig, AnchorPrediction, CenterHeadConfig, DecodeConfig, NMSConfig
 from rdd3d.models.heads.anchor_head import AnchorHead
 from rdd3d.models.heads.center_head import CenterHead

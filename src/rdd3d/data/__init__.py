@@ -1,5 +1,2 @@
-"""Datasets, the synthetic LiDAR world, transforms and voxelisation."""
-
-from rdd3d.data.types import Boxes3D, ClassTable, Frame, PointCloud
-
-__all__ = ["Boxes3D", "ClassTable", "Frame", "PointCloud"]
+"""Datasets, the synthetic LiDAR world, transforms and voxelisation (the records they pass are in
+:mod:`rdd3d.core.types`)."""

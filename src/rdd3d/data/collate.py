@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from rdd3d.data.gt_sampling import GroundTruthSampler
 from rdd3d.data.transforms import AugmentationConfig, augment, crop_to_range
-from rdd3d.data.types import Frame
+from rdd3d.core.types import Frame
 
 
 @dataclass

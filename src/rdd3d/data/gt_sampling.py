@@ -13,7 +13,7 @@ Two halves, both generic over datasets because they work on :class:`Frame`:
 The index may also describe object files written by other tools: OpenPCDet's are relative to the
 box centre like ours, mmdetection3d's to the centre of the box's *bottom* face; each entry says
 which origin its points use (``points_origin``). The ``box`` of an entry is always in rdd3d's
-convention (centre, see :mod:`rdd3d.data.types`), whatever the origin of its points.
+convention (centre, see :mod:`rdd3d.core.types`), whatever the origin of its points.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ import numpy as np
 from tqdm import tqdm
 
 from rdd3d.data.io import read_point_array, write_points
-from rdd3d.data.types import BOX_FIELDS, Boxes3D, ClassTable, Frame, PointCloud
-from rdd3d.evaluation.geometry import bev_overlap_area
+from rdd3d.core.types import BOX_FIELDS, Boxes3D, ClassTable, Frame, PointCloud
+from rdd3d.core.geometry import bev_overlap_area
 from rdd3d.fileio import write_json
 
 #: File name of the index inside a database folder.

@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 
 from rdd3d.data.gt_sampling import GTSamplingConfig
-from rdd3d.data.types import Frame
+from rdd3d.core.types import Frame
 
 
 def wrap_angle(angle: np.ndarray) -> np.ndarray:

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from rdd3d.data.collate import DetectionBatch
-from rdd3d.models.heads.prediction import Detections
+from rdd3d.core.types import Detections
 from rdd3d.models.heads.targets import BEVGrid
 
 

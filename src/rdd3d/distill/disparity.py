@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rdd3d.data.collate import collate_frames
-from rdd3d.data.types import Frame
+from rdd3d.core.types import Frame
 from rdd3d.distill.base import DistillStep, ModelView, adapter
 from rdd3d.distill.distiller import Distiller
 from rdd3d.distill.rdd import RDDConfig, RDDLoss

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from rdd3d.distill.base import ModelView
-from rdd3d.models.heads.prediction import Detections
+from rdd3d.core.types import Detections
 from rdd3d.models.nms import rotated_nms
 
 #: Where a method's proposals come from (see the module's docstring).

@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterator, Mapping, NamedTuple, Sequence
 import torch
 from torch import nn
 
-from rdd3d.data.types import Frame
+from rdd3d.core.types import Frame
 from rdd3d.distill.methods import METHODS
 from rdd3d.engine.checkpoint import load_checkpoint
 from rdd3d.engine.config import RunConfig, load_run_config

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from rdd3d.data.collate import CachedFrames
-from rdd3d.data.types import Frame
+from rdd3d.core.types import Frame
 from rdd3d.engine.config import DataConfig
 
 DATASETS = ("synthetic", "nuscenes", "kitti")

@@ -14,10 +14,10 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from rdd3d.data.collate import DetectionBatch, collate_frames
-from rdd3d.data.types import Frame
+from rdd3d.core.types import Frame
 from rdd3d.engine.distributed import DistributedContext, gather_objects
 from rdd3d.engine.datasets import evaluate, summary_metrics
-from rdd3d.models.heads.prediction import Detections
+from rdd3d.core.types import Detections
 
 
 def detection_loss_terms(detector: nn.Module, output, batch: DetectionBatch) -> dict[str, Tensor]:

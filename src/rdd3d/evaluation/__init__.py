@@ -1,2 +1,3 @@
-"""Evaluation: box geometry (:mod:`.geometry`), KITTI AP (:mod:`.kitti`, :mod:`.kitti_format`) and
-nuScenes-style metrics. Import the submodules directly; this package imports nothing heavy."""
+"""Evaluation: KITTI AP (:mod:`.kitti_metrics`, :mod:`.kitti_format`) and nuScenes-style metrics; box
+overlaps come from :mod:`rdd3d.core.geometry`. Import the submodules directly; this package imports
+nothing heavy."""

@@ -21,7 +21,7 @@ from typing import Any, Mapping, Protocol, Sequence
 
 import numpy as np
 
-from rdd3d.data.types import Boxes3D, Frame
+from rdd3d.core.types import Boxes3D, Frame
 from rdd3d.evaluation.nuscenes_metrics import (
     DEVKIT_HALF_PERIOD_CLASSES, DEVKIT_TP_NOT_APPLICABLE, NO_ATTRIBUTE, TP_METRICS, UNKNOWN_NUM_PTS, BoxTable,
     MetricConfig, NuScenesMetrics, evaluate_detections,

@@ -11,7 +11,7 @@ KITTI conventions (the object devkit's readme):
   into image 2, ``R0_rect`` (3x3) rectifies camera 0, ``Tr_velo_to_cam`` (3x4) maps LiDAR to
   (unrectified) camera 0.
 
-LiDAR boxes are :class:`rdd3d.data.types.Boxes3D` (centre, ``dx = l``, ``dy = w``, ``dz = h``,
+LiDAR boxes are :class:`rdd3d.core.types.Boxes3D` (centre, ``dx = l``, ``dy = w``, ``dz = h``,
 ``yaw = -rotation_y - pi/2``), converted as OpenPCDet converts them.
 """
 
@@ -25,7 +25,7 @@ from typing import Iterable, NamedTuple, Sequence
 
 import numpy as np
 
-from rdd3d.data.types import Boxes3D
+from rdd3d.core.types import Boxes3D
 from rdd3d.fileio import atomic_open
 
 LABEL_FIELDS = (

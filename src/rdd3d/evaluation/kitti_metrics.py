@@ -33,7 +33,7 @@ from typing import NamedTuple, Sequence
 import numpy as np
 import torch
 
-from rdd3d.evaluation.geometry import (
+from rdd3d.core.geometry import (
     axis_aligned_area,
     axis_aligned_intersection,
     bev_iou_from_overlap,

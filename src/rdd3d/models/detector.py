@@ -21,7 +21,7 @@ from typing import Iterator, NamedTuple, Sequence
 import torch
 from torch import Tensor, nn
 
-from rdd3d.data.types import KNOWN_POINT_COLUMNS, ClassTable
+from rdd3d.core.types import KNOWN_POINT_COLUMNS, ClassTable
 from rdd3d.data.voxelize import VoxelBatch, Voxelizer, shared_voxelisation
 from rdd3d.models.backbones2d import BEVBackbone, BEVBackboneConfig
 from rdd3d.models.backbones3d import BEVMap, VoxelBackBone8x, VoxelResBackBone8x

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from rdd3d.evaluation.geometry import axis_aligned_area, axis_aligned_intersection, bev_iou_aligned, \
+from rdd3d.core.geometry import axis_aligned_area, axis_aligned_intersection, bev_iou_aligned, \
     nearest_axis_aligned_bev
 
 #: Ranks compared together: the candidates of rank [start, start + this) of every group against every

@@ -24,7 +24,7 @@ from typing import Literal, Sequence
 import numpy as np
 
 from rdd3d.data.io import read_points
-from rdd3d.data.types import Boxes3D, ClassTable, Frame
+from rdd3d.core.types import Boxes3D, ClassTable, Frame
 from rdd3d.evaluation.kitti_format import (
     KittiCalibration,
     KittiFormatError,

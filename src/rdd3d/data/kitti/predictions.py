@@ -12,7 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
-from rdd3d.data.types import Boxes3D, Frame
+from rdd3d.core.types import Boxes3D, Frame
 from rdd3d.evaluation.detection_metrics import DetectionsLike, as_numpy
 from rdd3d.evaluation.kitti_format import KittiObjects, detections_from_lidar_boxes, write_label_file
 from rdd3d.evaluation.kitti_metrics import METRICS, KittiResult, evaluate_kitti

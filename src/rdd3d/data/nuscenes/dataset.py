@@ -20,7 +20,7 @@ import numpy as np
 from rdd3d.data.io import read_point_array
 from rdd3d.data.nuscenes.infos import SampleInfo, load_infos
 from rdd3d.data.nuscenes.poses import transform_points
-from rdd3d.data.types import Boxes3D, ClassTable, Frame, PointCloud
+from rdd3d.core.types import Boxes3D, ClassTable, Frame, PointCloud
 from rdd3d.evaluation.nuscenes_metrics import detection_cvpr_2019
 
 #: The 10 detection classes in the label order of the nuScenes detector presets

@@ -2,7 +2,7 @@
 
 A record (:class:`SampleInfo`) holds the keyframe's LiDAR file, its poses, its previous sweeps
 (already as transforms into the keyframe's LiDAR frame) and its ground truth in that frame
-(:class:`InfoBoxes`, the :class:`rdd3d.data.types.Boxes3D` convention). Files are JSON, optionally
+(:class:`InfoBoxes`, the :class:`rdd3d.core.types.Boxes3D` convention). Files are JSON, optionally
 gzip-compressed (``.json.gz``), never pickle; mmdetection3d's ``.pkl`` infos are read by
 :mod:`rdd3d.data.nuscenes.mmdet3d` into the same records. The file format is in docs/data-nuscenes.md.
 """

@@ -8,7 +8,7 @@ from rdd3d.data.synthetic.catalog import CLASS_NAMES
 from rdd3d.data.synthetic.config import WorldConfig
 from rdd3d.data.synthetic.lidar import POINT_COLUMNS, Scan, scan
 from rdd3d.data.synthetic.scene import Scene, sample_scene
-from rdd3d.data.types import Boxes3D, ClassTable, Frame, PointCloud
+from rdd3d.core.types import Boxes3D, ClassTable, Frame, PointCloud
 
 #: Split name -> the number that enters every frame's random seed, so splits never share a scene.
 SPLITS = {"train": 0, "val": 1, "test": 2}

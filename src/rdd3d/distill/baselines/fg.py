@@ -33,7 +33,7 @@ from rdd3d.distill.baselines.common import (
     map_size,
 )
 from rdd3d.distill.heads import ANCHOR, HEAD_TAP, anchors_of, head_kind
-from rdd3d.evaluation.geometry import bev_iou
+from rdd3d.core.geometry import bev_iou
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from rdd3d.distill.base import DistillLoss, DistillStep
 from rdd3d.distill.baselines.common import check_at_least
-from rdd3d.evaluation.geometry import bev_iou
+from rdd3d.core.geometry import bev_iou
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,8 @@ from rdd3d.models.heads.box_coder import (
 from rdd3d.models.heads.center_head import CenterHead, CenterHeadConfig, TaskHead, resolve_class_groups
 from rdd3d.models.heads.decode import DecodeConfig, NMSConfig, decode_detections
 from rdd3d.models.heads.losses import CenterLoss, LossConfig, center_loss, clamped_sigmoid, focal_loss, masked_l1
-from rdd3d.models.heads.prediction import Detections, TaskPrediction, gather_cells
+from rdd3d.core.types import Detections
+from rdd3d.models.heads.prediction import TaskPrediction, gather_cells
 from rdd3d.models.heads.targets import (
     BEVGrid,
     BoxCells,

@@ -15,12 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rdd3d.data.types import ClassTable
+from rdd3d.core.types import ClassTable
 from rdd3d.models.heads.anchor_targets import IGNORED, MATCHING_KINDS, AnchorTargets, assign_anchor_targets
 from rdd3d.models.heads.anchors import AnchorClassConfig, anchor_grid
 from rdd3d.models.heads.box_coder import apply_direction, decode_box_deltas, limit_period
 from rdd3d.models.heads.decode import NMSConfig, peak_cells, suppress
-from rdd3d.models.heads.prediction import Detections
+from rdd3d.core.types import Detections
 
 BOX_CODE_SIZE = 7
 

@@ -21,7 +21,7 @@ from typing import NamedTuple, Sequence
 import torch
 from torch import Tensor
 
-from rdd3d.evaluation.geometry import bev_iou, nearest_bev_iou
+from rdd3d.core.geometry import bev_iou, nearest_bev_iou
 from rdd3d.models.heads.anchors import AnchorClassConfig
 from rdd3d.models.heads.box_coder import direction_bins, encode_box_deltas
 

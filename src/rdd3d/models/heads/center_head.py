@@ -9,10 +9,11 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from rdd3d.data.types import ClassTable
+from rdd3d.core.types import ClassTable
 from rdd3d.models.heads.decode import DecodeConfig, decode_detections, decode_peaks
 from rdd3d.models.heads.losses import CenterLoss, LossConfig, center_loss
-from rdd3d.models.heads.prediction import Detections, TaskPrediction
+from rdd3d.core.types import Detections
+from rdd3d.models.heads.prediction import TaskPrediction
 from rdd3d.models.heads.targets import BEVGrid, TargetConfig, TaskTargets, assign_targets, box_code_names
 
 

@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from rdd3d.models.heads.prediction import Detections, TaskPrediction, gather_cells
+from rdd3d.core.types import Detections
+from rdd3d.models.heads.prediction import TaskPrediction, gather_cells
 from rdd3d.models.heads.targets import BEVGrid, decode_boxes
 from rdd3d.models.nms import circle_nms, nearest_bev_nms, rotated_nms
 

@@ -1,8 +1,9 @@
-"""Typed outputs of the CenterPoint head: raw per-task maps and decoded detections."""
+"""Typed outputs of the CenterPoint head: raw per-task maps (decoded detections are
+:class:`rdd3d.core.types.Detections`)."""
 
 from __future__ import annotations
 
-from typing import Any, Mapping, NamedTuple, Optional
+from typing import NamedTuple, Optional
 
 import torch
 from torch import Tensor
@@ -24,31 +25,6 @@ class TaskPrediction(NamedTuple):
         if self.velocity is not None:
             maps.append(self.velocity)
         return torch.cat(maps, dim=1)
-
-
-class Detections(NamedTuple):
-    """Decoded boxes of one sample."""
-
-    boxes: Tensor  # (K, 7|9) x y z dx dy dz yaw [vx vy], metric LiDAR frame
-    scores: Tensor  # (K,)
-    labels: Tensor  # (K,) long, indices into the dataset's ClassTable
-
-    @classmethod
-    def of(cls, found: Any) -> "Detections":
-        """One sample's detections as another detector's ``decode`` gives them: anything with ``boxes``,
-        ``scores`` and ``labels`` attributes (a dataclass, a named tuple) or keys (a dict), read by name."""
-        if isinstance(found, Detections):
-            return found
-        parts = []
-        for name in cls._fields:
-            if isinstance(found, Mapping) and name in found:
-                parts.append(found[name])
-            elif not isinstance(found, Mapping) and hasattr(found, name):
-                parts.append(getattr(found, name))
-            else:
-                raise ValueError(f"a detector's decode gave {type(found).__name__} without '{name}': each sample's "
-                                 f"detections need boxes (K, 7+), scores (K,) and labels (K,), as attributes or keys")
-        return cls(*parts)
 
 
 def gather_cells(maps: Tensor, indices: Tensor) -> Tensor:

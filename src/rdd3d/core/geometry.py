@@ -1,6 +1,6 @@
 """Exact overlap of rotated boxes, vectorised over all pairs, in plain PyTorch (CPU or CUDA).
 
-Boxes follow :mod:`rdd3d.data.types` (OpenPCDet): ``(x, y, z, dx, dy, dz, yaw, ...)`` with
+Boxes follow :mod:`rdd3d.core.types` (OpenPCDet): ``(x, y, z, dx, dy, dz, yaw, ...)`` with
 ``(x, y, z)`` the centre, ``dx`` the length along the heading and ``yaw`` counter-clockwise about
 +z. The bird's-eye-view (BEV) rectangle of a box is ``(x, y, dx, dy, yaw)`` (columns 0, 1, 3, 4, 6).
 

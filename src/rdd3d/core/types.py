@@ -1,4 +1,5 @@
-"""Typed containers passed between the stages of the pipeline.
+"""Typed containers passed between the stages of the pipeline: ``PointCloud``, ``Boxes3D``, ``ClassTable``,
+``Frame`` (numpy, the data side) and ``Detections`` (torch, what a detector decodes).
 
 Conventions (identical to OpenPCDet's, so that numbers stay comparable):
 
@@ -15,9 +16,10 @@ Conventions (identical to OpenPCDet's, so that numbers stay comparable):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
+from torch import Tensor
 
 #: Column names a point cloud may carry, in their canonical order.
 KNOWN_POINT_COLUMNS = ("x", "y", "z", "intensity", "time_lag")
@@ -232,3 +234,28 @@ class Frame:
         return self.replace(
             boxes=self.boxes.select(mask_or_index), labels=self.labels[mask_or_index], metadata=metadata
         )
+
+
+class Detections(NamedTuple):
+    """Decoded boxes of one sample."""
+
+    boxes: Tensor  # (K, 7|9) x y z dx dy dz yaw [vx vy], metric LiDAR frame
+    scores: Tensor  # (K,)
+    labels: Tensor  # (K,) long, indices into the dataset's ClassTable
+
+    @classmethod
+    def of(cls, found: Any) -> "Detections":
+        """One sample's detections as another detector's ``decode`` gives them: anything with ``boxes``,
+        ``scores`` and ``labels`` attributes (a dataclass, a named tuple) or keys (a dict), read by name."""
+        if isinstance(found, Detections):
+            return found
+        parts = []
+        for name in cls._fields:
+            if isinstance(found, Mapping) and name in found:
+                parts.append(found[name])
+            elif not isinstance(found, Mapping) and hasattr(found, name):
+                parts.append(getattr(found, name))
+            else:
+                raise ValueError(f"a detector's decode gave {type(found).__name__} without '{name}': each sample's "
+                                 f"detections need boxes (K, 7+), scores (K,) and labels (K,), as attributes or keys")
+        return cls(*parts)
