@@ -15,7 +15,7 @@ import numpy as np
 
 from rdd3d.evaluation.kitti_format import KittiObjects
 from rdd3d.evaluation.kitti_metrics import evaluate_kitti
-from rdd3d.fileio import write_json
+from rdd3d.core.fileio import write_json
 
 GROUND_TRUTH_NAMES = ("Car",) * 6 + ("Van", "Pedestrian", "Pedestrian", "Cyclist", "DontCare")
 DETECTION_NAMES = ("Car", "Pedestrian", "Cyclist")

@@ -31,7 +31,7 @@ from rdd3d.evaluation.nuscenes_io import read_results, table_to_eval_boxes, writ
 from rdd3d.evaluation.nuscenes_metrics import (
     NUSCENES_CLASSES, TP_METRICS, BoxTable, MetricConfig, detection_cvpr_2019, evaluate_detections,
 )
-from rdd3d.fileio import write_json
+from rdd3d.core.fileio import write_json
 
 # Rough share of each class among nuScenes annotations (car, truck, bus, trailer, construction
 # vehicle, pedestrian, motorcycle, bicycle, traffic cone, barrier).

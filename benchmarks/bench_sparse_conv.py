@@ -28,7 +28,7 @@ from torch import nn
 from bench_voxelize import load_sweep  # benchmarks/ is the script's directory
 from timing import best_time
 from rdd3d.data.voxelize import Voxelizer
-from rdd3d.fileio import write_json
+from rdd3d.core.fileio import write_json
 from rdd3d.models.backbones3d import VoxelResBackBone8x
 from rdd3d.models.encoders import MeanVFE
 from rdd3d.models.sparse import (

@@ -22,7 +22,7 @@ import numpy as np
 from rdd3d.data.synthetic import (
     CLASS_NAMES, CLASS_RANGES, SPLITS, LidarConfig, SyntheticDataset, WorldConfig, frame_from_scan, sample_scene, scan,
 )
-from rdd3d.fileio import write_json
+from rdd3d.core.fileio import write_json
 
 
 def main() -> None:

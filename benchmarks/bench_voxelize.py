@@ -23,7 +23,7 @@ import torch
 
 from rdd3d.data.voxelize import Voxelizer
 from timing import best_time  # benchmarks/ is the script's directory
-from rdd3d.fileio import write_json
+from rdd3d.core.fileio import write_json
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NUSCENES_RANGE = (-51.2, -51.2, -5.0, 51.2, 51.2, 3.0)

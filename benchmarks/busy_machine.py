@@ -22,7 +22,7 @@ from pathlib import Path
 
 from rdd3d.demo import TEACHER, DemoBudget, demo_config
 from rdd3d.engine.runs import train_detector
-from rdd3d.fileio import write_json
+from rdd3d.core.fileio import write_json
 
 BUSY_LOOP = "while True: pass"
 

@@ -20,7 +20,7 @@ from rdd3d.data.synthetic import WorldConfig
 from rdd3d.demo import FULL, STUDENT, TEACHER, demo_config
 from rdd3d.engine.detection_task import DetectorTraining
 from rdd3d.engine.runs import build_model, distillation_trainee
-from rdd3d.fileio import write_json
+from rdd3d.core.fileio import write_json
 
 from distill_pair import synthetic_batches  # benchmarks/ is the script's directory
 

@@ -17,8 +17,8 @@ import torch
 
 from rdd3d.distill.distiller import Distiller
 from rdd3d.distill.methods import DistillConfig, build_method
-from rdd3d.engine.config_loading import build_config
-from rdd3d.fileio import write_json
+from rdd3d.core.config_loading import build_config
+from rdd3d.core.fileio import write_json
 from rdd3d.models.heads.anchor_head import AnchorPrediction
 
 from distill_pair import teacher_student_batches  # benchmarks/ is the script's directory

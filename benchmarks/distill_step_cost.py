@@ -29,10 +29,9 @@ from rdd3d.distill.distiller import Distiller
 from rdd3d.distill.methods import DistillConfig, build_method
 from rdd3d.distill.precision import teacher_dtype
 from rdd3d.distill.rdd import RDDConfig
-from rdd3d.engine.detection_task import detection_loss_terms
 from rdd3d.engine.runs import detector_from_checkpoint
-from rdd3d.fileio import write_json
-from rdd3d.models.detector import shared_voxel_structure
+from rdd3d.core.fileio import write_json
+from rdd3d.models.detector import detection_loss_terms, shared_voxel_structure
 from rdd3d.models.presets import build_detector
 
 PAIRS = (("cp-voxel", "cp-voxel-xxs"), ("cp-voxel", "cp-voxel-s"), ("cp-pillar", "cp-pillar-v0.64"),

@@ -20,7 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from rdd3d.fileio import write_json
+from rdd3d.core.fileio import write_json
 
 PRESETS = ("cp-voxel", "cp-voxel-s", "cp-voxel-xxs", "cp-pillar", "cp-pillar-v0.64", "second", "second-xs")
 

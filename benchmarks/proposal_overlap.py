@@ -25,7 +25,7 @@ from rdd3d.distill.rdd import RDDConfig
 from rdd3d.engine.benchmark import validation_frames
 from rdd3d.engine.runs import detector_from_checkpoint
 from rdd3d.core.geometry import bev_iou
-from rdd3d.fileio import write_json
+from rdd3d.core.fileio import write_json
 
 
 BANDS = ((0.1, 0.2), (0.2, 0.3), (0.3, 1.0))

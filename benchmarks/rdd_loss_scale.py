@@ -12,7 +12,7 @@ import torch
 
 from rdd3d.distill.distiller import Distiller
 from rdd3d.distill.rdd import FEATURE_DISTANCES, LOGIT_NORMS, RDDConfig, RDDLoss
-from rdd3d.fileio import write_json
+from rdd3d.core.fileio import write_json
 
 from distill_pair import teacher_student_batches  # benchmarks/ is the script's directory
 

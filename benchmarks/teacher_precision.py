@@ -25,7 +25,7 @@ from rdd3d.engine.benchmark import validation_frames
 from rdd3d.engine.datasets import evaluate, summary_metrics
 from rdd3d.engine.detection_task import predict
 from rdd3d.engine.runs import detector_from_checkpoint
-from rdd3d.fileio import write_json
+from rdd3d.core.fileio import write_json
 from rdd3d.models.detector import channels_last_convolutions
 
 

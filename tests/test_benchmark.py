@@ -13,7 +13,7 @@ from rdd3d.engine.benchmark import (
     load_plan, paired_gains, plan_runs, summarise, train_or_reuse,
 )
 from rdd3d.engine.checkpoint import load_checkpoint, save_checkpoint
-from rdd3d.engine.config_loading import ConfigError
+from rdd3d.core.config_loading import ConfigError
 from rdd3d.engine.run_logging import read_log
 from rdd3d.engine.trainer import Trainer
 from rdd3d.models.complexity import count_parameters

@@ -18,7 +18,7 @@ from rdd3d.data.gt_sampling import build_gt_database
 from rdd3d.distill.baselines import PPLogitConfig
 from rdd3d.distill.methods import METHODS, build_method
 from rdd3d.engine.config import RunConfig, load_run_config
-from rdd3d.engine.config_loading import ConfigError
+from rdd3d.core.config_loading import ConfigError
 from rdd3d.engine.run_logging import read_log
 from rdd3d.engine.runs import build_model
 from rdd3d.models.presets import DATASETS, TEACHERS, list_presets

@@ -220,7 +220,7 @@ def _run_eval(args) -> None:
         metrics = _evaluate_checkpoint(args)
     print(metrics.format_table())
     if args.out is not None:
-        from rdd3d.fileio import write_json
+        from rdd3d.core.fileio import write_json
 
         write_json(args.out, metrics.to_dict())
         print(f"wrote {args.out}")
@@ -371,7 +371,7 @@ def _run_flops(args) -> None:
     report = flops_report(args.presets or list(offered), args.dataset, reference_points(args.dataset))
     print(report)
     if args.json is not None:
-        from rdd3d.fileio import write_json
+        from rdd3d.core.fileio import write_json
 
         write_json(args.json, [dataclasses.asdict(row) for row in report.rows])
 
@@ -467,7 +467,7 @@ def _add_world_overrides(parser: argparse.ArgumentParser) -> None:
 
 def _world_config(overrides: Sequence[str]):
     from rdd3d.data.synthetic import WorldConfig
-    from rdd3d.engine.config_loading import build_config
+    from rdd3d.core.config_loading import build_config
 
     return build_config(WorldConfig, overrides=overrides)
 
@@ -491,7 +491,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from rdd3d.engine.config_loading import ConfigError
+    from rdd3d.core.config_loading import ConfigError
 
     try:
         args.handler(args)

@@ -22,7 +22,7 @@ from rdd3d.engine.benchmark import measure_checkpoint, train_or_reuse, validatio
 from rdd3d.engine.config import RunConfig, load_run_config
 from rdd3d.engine.detection_task import predict
 from rdd3d.engine.runs import detector_from_checkpoint
-from rdd3d.fileio import write_json
+from rdd3d.core.fileio import write_json
 from rdd3d.viz import BoxLayer, save_bev, save_training_curves
 
 

@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from rdd3d.core.types import Boxes3D, ClassTable, PointCloud  # noqa: E402
-from rdd3d.fileio import write_bytes  # noqa: E402
+from rdd3d.core.fileio import write_bytes  # noqa: E402
 
 GROUND_TRUTH_COLOR = "#00c853"
 CLASS_COLORS = plt.get_cmap("tab10")

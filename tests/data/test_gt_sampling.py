@@ -11,7 +11,7 @@ from rdd3d.data.io import read_point_array
 from rdd3d.data.kitti import KittiDataset
 from rdd3d.data.synthetic.dataset import SyntheticDataset
 from rdd3d.core.types import Boxes3D, ClassTable, Frame, PointCloud
-from rdd3d.engine.config_loading import build_config
+from rdd3d.core.config_loading import build_config
 from rdd3d.core.geometry import bev_overlap_area
 
 CLASSES = ClassTable(("car", "pedestrian"))

@@ -10,7 +10,7 @@ from rdd3d.data.collate import collate_frames
 from rdd3d.data.synthetic import SyntheticDataset
 from rdd3d.distill.baselines import BASELINES, FGConfig, GIDFeatureConfig, HintConfig, build_baseline
 from rdd3d.distill.distiller import Distiller
-from rdd3d.engine.config_loading import ConfigError
+from rdd3d.core.config_loading import ConfigError
 from rdd3d.models.presets import build_detector
 
 TERMS = {"hint": {"hint/feature"}, "fg": {"fg/feature"}, "gid-l": {"gid-l/logit"},

@@ -2,7 +2,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from rdd3d.engine.config_loading import ConfigError, build_config, save_config
+from rdd3d.core.config_loading import ConfigError, build_config, save_config
 
 
 @dataclass

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from rdd3d.core.types import ClassTable
-from rdd3d.engine.config_loading import config_from_dict
+from rdd3d.core.config_loading import config_from_dict
 from rdd3d.models.heads import (
     IGNORED, KITTI_ANCHORS, NEGATIVE, AnchorClassConfig, AnchorDecodeConfig, AnchorHead, AnchorHeadConfig,
     AnchorLossConfig, AnchorPrediction, AnchorTargets, NMSConfig, anchor_loss, apply_direction,

@@ -31,7 +31,7 @@ from tqdm import tqdm
 from rdd3d.data.io import read_point_array, write_points
 from rdd3d.core.types import BOX_FIELDS, Boxes3D, ClassTable, Frame, PointCloud
 from rdd3d.core.geometry import bev_overlap_area
-from rdd3d.fileio import write_json
+from rdd3d.core.fileio import write_json
 
 #: File name of the index inside a database folder.
 INDEX_NAME = "gt_database.json"

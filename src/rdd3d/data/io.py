@@ -10,7 +10,7 @@ from typing import Literal, Sequence
 import numpy as np
 
 from rdd3d.core.types import PointCloud
-from rdd3d.fileio import write_bytes
+from rdd3d.core.fileio import write_bytes
 
 log = logging.getLogger(__name__)
 

@@ -30,8 +30,7 @@ from rdd3d.data.collate import DetectionBatch
 from rdd3d.distill.base import BEVGeometry, DetectionLoss, DistillLoss, DistillStep, ModelView
 from rdd3d.distill.precision import teacher_dtype
 from rdd3d.distill.taps import DETECTOR_TAPS, TapRecorder, TapSpec
-from rdd3d.engine.detection_task import detection_loss_terms
-from rdd3d.models.detector import channels_last_convolutions, shared_voxel_structure
+from rdd3d.models.detector import channels_last_convolutions, detection_loss_terms, shared_voxel_structure
 
 
 def _ordinary_float32(value: Any) -> Any:

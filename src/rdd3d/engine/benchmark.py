@@ -31,7 +31,7 @@ from rdd3d.core.types import Frame
 from rdd3d.distill.methods import METHODS
 from rdd3d.engine.checkpoint import load_checkpoint
 from rdd3d.engine.config import RunConfig, load_run_config
-from rdd3d.engine.config_loading import ConfigError, build_config, config_from_dict
+from rdd3d.core.config_loading import ConfigError, build_config, config_from_dict
 from rdd3d.engine.datasets import build_datasets, evaluate, summary_metrics
 from rdd3d.engine.detection_task import predict
 from rdd3d.engine.distributed import init_distributed
@@ -40,7 +40,7 @@ from rdd3d.engine.runs import (
     detector_from_checkpoint, distill_student, plain_config, train_detector,
 )
 from rdd3d.engine.trainer import Trainer
-from rdd3d.fileio import write_bytes, write_json
+from rdd3d.core.fileio import write_bytes, write_json
 from rdd3d.models.complexity import count_macs, count_parameters
 from rdd3d.models.presets import list_presets
 

@@ -9,7 +9,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from rdd3d.fileio import atomic_open
+from rdd3d.core.fileio import atomic_open
 
 
 class CheckpointError(RuntimeError):

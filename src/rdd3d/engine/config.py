@@ -13,7 +13,7 @@ from typing import Any, Sequence
 from rdd3d.data.synthetic.config import WorldConfig
 from rdd3d.data.transforms import AugmentationConfig
 from rdd3d.distill.methods import DistillConfig
-from rdd3d.engine.config_loading import build_config
+from rdd3d.core.config_loading import build_config
 from rdd3d.engine.trainer import OptimConfig, TrainerConfig
 
 

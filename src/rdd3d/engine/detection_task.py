@@ -13,17 +13,11 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from rdd3d.core.types import Detections, Frame
 from rdd3d.data.collate import DetectionBatch, collate_frames
-from rdd3d.core.types import Frame
-from rdd3d.engine.distributed import DistributedContext, gather_objects
 from rdd3d.engine.datasets import evaluate, summary_metrics
-from rdd3d.core.types import Detections
-
-
-def detection_loss_terms(detector: nn.Module, output, batch: DetectionBatch) -> dict[str, Tensor]:
-    """The detector's loss split into logged terms that sum to its total."""
-    loss = detector.loss(output, batch.gt_boxes, batch.gt_labels)
-    return {f"det/{name}": value for name, value in loss.terms().items()}
+from rdd3d.engine.distributed import DistributedContext, gather_objects
+from rdd3d.models.detector import detection_loss_terms
 
 
 class DetectorTraining(nn.Module):

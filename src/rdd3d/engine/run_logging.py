@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import Mapping
 
-from rdd3d.fileio import atomic_open
+from rdd3d.core.fileio import atomic_open
 
 
 class RunLogger:

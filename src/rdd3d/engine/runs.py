@@ -19,7 +19,7 @@ from rdd3d.distill.distiller import Distiller
 from rdd3d.distill.methods import build_method
 from rdd3d.engine.checkpoint import CheckpointError, load_checkpoint, load_model_state
 from rdd3d.engine.config import RunConfig
-from rdd3d.engine.config_loading import ConfigError, config_from_dict, save_config
+from rdd3d.core.config_loading import ConfigError, config_from_dict, save_config
 from rdd3d.engine.datasets import build_datasets
 from rdd3d.engine.detection_task import DetectorTraining, evaluate_detector
 from rdd3d.engine.distributed import (

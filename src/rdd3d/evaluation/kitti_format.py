@@ -26,7 +26,7 @@ from typing import Iterable, NamedTuple, Sequence
 import numpy as np
 
 from rdd3d.core.types import Boxes3D
-from rdd3d.fileio import atomic_open
+from rdd3d.core.fileio import atomic_open
 
 LABEL_FIELDS = (
     "type", "truncated", "occluded", "alpha", "x1", "y1", "x2", "y2",

@@ -26,7 +26,7 @@ from rdd3d.evaluation.nuscenes_metrics import (
     NO_ATTRIBUTE, NUSCENES_ATTRIBUTES, UNKNOWN_NUM_PTS, BoxTable, MetricConfig, NuScenesMetrics,
     check_boxes_per_sample, detection_cvpr_2019, evaluate_detections,
 )
-from rdd3d.fileio import write_json
+from rdd3d.core.fileio import write_json
 
 _VECTOR_FIELDS = {"translation": 3, "size": 3, "rotation": 4, "velocity": 2, "ego_translation": 3}
 _COMMON_FIELDS = ("sample_token", "translation", "size", "rotation", "velocity", "detection_name", "attribute_name")

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from rdd3d.core.types import KNOWN_POINT_COLUMNS, ClassTable
+from rdd3d.data.collate import DetectionBatch
 from rdd3d.data.voxelize import VoxelBatch, Voxelizer, shared_voxelisation
 from rdd3d.models.backbones2d import BEVBackbone, BEVBackboneConfig
 from rdd3d.models.backbones3d import BEVMap, VoxelBackBone8x, VoxelResBackBone8x
@@ -213,3 +214,9 @@ class Detector(nn.Module):
         """Per-sample boxes at the head's class-agnostic score peaks, without NMS: distillation's cheap
         region proposals (no gradient)."""
         return self.head.decode_peaks(output.predictions, max_per_sample, score_threshold)
+
+
+def detection_loss_terms(detector: nn.Module, output, batch: DetectionBatch) -> dict[str, Tensor]:
+    """The detector's loss split into logged terms that sum to its total."""
+    loss = detector.loss(output, batch.gt_boxes, batch.gt_labels)
+    return {f"det/{name}": value for name, value in loss.terms().items()}

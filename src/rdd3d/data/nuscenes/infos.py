@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from rdd3d.data.nuscenes.poses import check_pose
-from rdd3d.fileio import atomic_open
+from rdd3d.core.fileio import atomic_open
 
 INFO_FORMAT = "rdd3d.nuscenes_infos"
 INFO_FORMAT_VERSION = 1

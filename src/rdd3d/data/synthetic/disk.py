@@ -28,7 +28,7 @@ from rdd3d.data.synthetic.config import WorldConfig
 from rdd3d.data.synthetic.dataset import CLASS_RANGES, SyntheticDataset
 from rdd3d.data.synthetic.lidar import POINT_COLUMNS
 from rdd3d.core.types import BOX_FIELDS, VELOCITY_FIELDS, Boxes3D, ClassTable, Frame
-from rdd3d.fileio import atomic_open, write_json
+from rdd3d.core.fileio import atomic_open, write_json
 
 FORMAT = "rdd3d-synthetic"
 FORMAT_VERSION = 1

@@ -22,7 +22,7 @@ from rdd3d.distill.baselines.hint import HintConfig, HintLoss
 from rdd3d.distill.baselines.lad import LADConfig, LADLoss
 from rdd3d.distill.baselines.logit_kd import LogitKDConfig, LogitKDLoss
 from rdd3d.distill.baselines.pp_logit import SPARSEKD_HEATMAP_WEIGHTS, PPLogitConfig, PPLogitLoss
-from rdd3d.engine.config_loading import config_from_dict
+from rdd3d.core.config_loading import config_from_dict
 
 
 class Baseline(NamedTuple):

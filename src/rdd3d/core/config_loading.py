@@ -15,7 +15,7 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from rdd3d.fileio import atomic_open
+from rdd3d.core.fileio import atomic_open
 
 Schema = TypeVar("Schema")
 
