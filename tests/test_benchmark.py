@@ -12,7 +12,7 @@ from rdd3d.engine.benchmark import (
     BenchmarkPlan, BenchmarkResults, PairPlan, RunResult, VariantPlan, config_differences, format_markdown,
     load_plan, paired_gains, plan_runs, summarise, train_or_reuse,
 )
-from rdd3d.engine.checkpoint import load_checkpoint, save_checkpoint
+from rdd3d.core.checkpoint import load_checkpoint, save_checkpoint
 from rdd3d.core.config_loading import ConfigError
 from rdd3d.engine.run_logging import read_log
 from rdd3d.engine.trainer import Trainer

@@ -18,7 +18,7 @@ from rdd3d.distill.disparity import (
 )
 from rdd3d.distill.distiller import Distiller
 from rdd3d.distill.rdd import RDDConfig, RDDLoss
-from rdd3d.engine.checkpoint import CheckpointError, save_checkpoint
+from rdd3d.core.checkpoint import CheckpointError, save_checkpoint
 from rdd3d.engine.config import load_run_config
 from rdd3d.core.config_loading import build_config
 from rdd3d.engine.runs import build_model, plain_config

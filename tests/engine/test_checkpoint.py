@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from rdd3d.engine.checkpoint import CheckpointError, load_checkpoint, load_model_state, save_checkpoint
+from rdd3d.core.checkpoint import CheckpointError, load_checkpoint, load_model_state, save_checkpoint
 
 
 def test_round_trip_with_weights_only(tmp_path):

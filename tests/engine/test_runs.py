@@ -6,7 +6,7 @@ import dataclasses
 
 import torch
 
-from rdd3d.engine.checkpoint import save_checkpoint
+from rdd3d.core.checkpoint import save_checkpoint
 from rdd3d.engine.config import RunConfig
 from rdd3d.engine.runs import build_model, distillation_trainee, plain_config
 from rdd3d.engine.trainer import seed_everything

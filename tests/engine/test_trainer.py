@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from rdd3d.data.collate import TrainingFrames
-from rdd3d.engine.checkpoint import load_checkpoint
+from rdd3d.core.checkpoint import load_checkpoint
 from rdd3d.engine.distributed import init_distributed
 from rdd3d.engine.run_logging import read_log
 from rdd3d.engine.trainer import OptimConfig, Trainer, TrainerConfig, TrainingDivergedError

@@ -1,7 +1,7 @@
 """The bottom layer every other part of rdd3d builds on: the typed records passed between parts
 (:mod:`.types`: point clouds, boxes, class tables, frames, detections), box geometry (:mod:`.geometry`),
-safe file writes (:mod:`.fileio`) and typed configs from YAML and ``--set`` (:mod:`.config_loading`).
-It imports nothing else of rdd3d."""
+safe file writes (:mod:`.fileio`), checkpoint files read with ``weights_only`` (:mod:`.checkpoint`) and
+typed configs from YAML and ``--set`` (:mod:`.config_loading`). It imports nothing else of rdd3d."""
 
 from rdd3d.core.types import Boxes3D, ClassTable, Detections, Frame, PointCloud
 

@@ -49,7 +49,7 @@ from rdd3d.distill.distiller import Distiller
 from rdd3d.distill.rdd import RDDConfig, RDDLoss
 from rdd3d.distill.regions import resample_to
 from rdd3d.models.detector import channels_last_convolutions
-from rdd3d.engine.checkpoint import CheckpointError, load_checkpoint, load_model_state
+from rdd3d.core.checkpoint import CheckpointError, load_checkpoint, load_model_state
 from rdd3d.core.fileio import write_bytes, write_json
 
 MAPPINGS = ("adapter", "identity", "channel-mean", "fitted")

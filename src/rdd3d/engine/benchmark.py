@@ -29,7 +29,7 @@ from torch import nn
 
 from rdd3d.core.types import Frame
 from rdd3d.distill.methods import METHODS
-from rdd3d.engine.checkpoint import load_checkpoint
+from rdd3d.core.checkpoint import load_checkpoint
 from rdd3d.engine.config import RunConfig, load_run_config
 from rdd3d.core.config_loading import ConfigError, build_config, config_from_dict
 from rdd3d.engine.datasets import build_datasets, evaluate, summary_metrics

@@ -17,7 +17,7 @@ from rdd3d.data.collate import TrainingFrames
 from rdd3d.data.gt_sampling import GroundTruthSampler
 from rdd3d.distill.distiller import Distiller
 from rdd3d.distill.methods import build_method
-from rdd3d.engine.checkpoint import CheckpointError, load_checkpoint, load_model_state
+from rdd3d.core.checkpoint import CheckpointError, load_checkpoint, load_model_state
 from rdd3d.engine.config import RunConfig
 from rdd3d.core.config_loading import ConfigError, config_from_dict, save_config
 from rdd3d.engine.datasets import build_datasets

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from rdd3d.data.collate import collate_frames
-from rdd3d.engine.checkpoint import load_checkpoint, load_model_state, save_checkpoint
+from rdd3d.core.checkpoint import load_checkpoint, load_model_state, save_checkpoint
 from rdd3d.engine.distributed import DistributedContext, ResumableSampler, barrier
 from rdd3d.engine.run_logging import RunLogger
 from rdd3d.engine.threads import ThreadGovernor
