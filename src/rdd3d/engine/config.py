@@ -10,11 +10,12 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+from rdd3d.core.config_loading import build_config
 from rdd3d.data.synthetic.config import WorldConfig
 from rdd3d.data.transforms import AugmentationConfig
 from rdd3d.distill.methods import DistillConfig
-from rdd3d.core.config_loading import build_config
 from rdd3d.engine.trainer import OptimConfig, TrainerConfig
+from rdd3d.models.presets import preset_config
 
 
 @dataclass
@@ -60,7 +61,7 @@ class DataConfig:
 class ModelConfig:
     preset: str = "cp-voxel"
     # Fields of the preset's detector config to replace, e.g. {"head.head_channels": 32};
-    # checked against that config when the model is built.
+    # checked against that config when the run's config is loaded.
     overrides: dict[str, Any] = field(default_factory=dict)
 
 
@@ -80,6 +81,14 @@ class RunConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+
+    def __post_init__(self) -> None:
+        # The detector is checked with the config, not when the model is built after the data has loaded.
+        try:
+            preset_config(self.model.preset, self.data.dataset, **self.model.overrides)
+        except ValueError as error:
+            raise ValueError(f"model (preset {self.model.preset!r}, data.dataset {self.data.dataset!r}): "
+                             f"{error}") from None
 
 
 def load_run_config(files: Sequence[str | os.PathLike] = (), overrides: Sequence[str] = ()) -> RunConfig:
