@@ -24,6 +24,13 @@ class ConfigError(ValueError):
     """A config file or override that does not fit the schema."""
 
 
+def require(condition: bool, key: str, expected: str, value: object) -> None:
+    """A config value check for a dataclass's ``__post_init__``: ``key`` (as the user writes it, e.g.
+    ``trainer.epochs``) must be ``expected``; raised as ValueError, which loading turns into a ConfigError."""
+    if not condition:
+        raise ValueError(f"{key} must be {expected}, got {value!r}")
+
+
 def load_yaml(path: str | os.PathLike) -> dict:
     path = Path(path)
     if not path.is_file():

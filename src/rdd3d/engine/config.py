@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from rdd3d.core.config_loading import build_config
+from rdd3d.core.config_loading import build_config, require
 from rdd3d.data.synthetic.config import WorldConfig
 from rdd3d.data.transforms import AugmentationConfig
 from rdd3d.distill.methods import DistillConfig
@@ -83,6 +83,8 @@ class RunConfig:
     distill: DistillConfig = field(default_factory=DistillConfig)
 
     def __post_init__(self) -> None:
+        require(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "device",
+                "auto, cpu, cuda or cuda:N", self.device)
         # The detector is checked with the config, not when the model is built after the data has loaded.
         try:
             preset_config(self.model.preset, self.data.dataset, **self.model.overrides)

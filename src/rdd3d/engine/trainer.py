@@ -23,8 +23,9 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from rdd3d.data.collate import collate_frames
 from rdd3d.core.checkpoint import load_checkpoint, load_model_state, save_checkpoint
+from rdd3d.core.config_loading import require
+from rdd3d.data.collate import collate_frames
 from rdd3d.engine.distributed import DistributedContext, ResumableSampler, barrier
 from rdd3d.engine.run_logging import RunLogger
 from rdd3d.engine.threads import ThreadGovernor
@@ -48,6 +49,20 @@ class OptimConfig:
     momentum_high: float = 0.95  # beta1 at the start and end
     grad_clip_norm: float = 10.0  # 0 disables clipping
 
+    def __post_init__(self) -> None:
+        finite = math.isfinite
+        require(finite(self.lr) and self.lr > 0, "optim.lr", "a finite number > 0", self.lr)
+        require(finite(self.weight_decay) and self.weight_decay >= 0, "optim.weight_decay", "finite and >= 0",
+                self.weight_decay)
+        require(0 <= self.beta2 < 1, "optim.beta2", "in [0, 1)", self.beta2)
+        for name in ("div_factor", "final_div_factor"):
+            value = getattr(self, name)
+            require(finite(value) and value > 0, f"optim.{name}", "a finite number > 0", value)
+        require(0 < self.pct_start < 1, "optim.pct_start", "in (0, 1)", self.pct_start)
+        for name in ("momentum_low", "momentum_high"):
+            require(0 <= getattr(self, name) < 1, f"optim.{name}", "in [0, 1)", getattr(self, name))
+        require(self.grad_clip_norm >= 0, "optim.grad_clip_norm", ">= 0 (0 disables clipping)", self.grad_clip_norm)
+
 
 @dataclass
 class TrainerConfig:
@@ -65,6 +80,13 @@ class TrainerConfig:
     deterministic: bool = True
     # [ours] CPU: use the cores other processes leave free (rdd3d.engine.threads), up to torch's thread count
     adaptive_threads: bool = True
+
+    def __post_init__(self) -> None:
+        for name, least in (("epochs", 1), ("batch_size", 1), ("num_workers", 0), ("log_interval", 1),
+                            ("checkpoint_interval", 1), ("eval_interval", 0)):
+            value = getattr(self, name)
+            require(value >= least, f"trainer.{name}", f">= {least}", value)
+        require(self.best_mode in ("max", "min"), "trainer.best_mode", "'max' or 'min'", self.best_mode)
 
 
 class TrainingDivergedError(RuntimeError):
