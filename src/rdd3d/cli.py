@@ -1,7 +1,7 @@
 """The ``rdd3d`` command line: one entry point, one sub-command per job.
 
 Exit codes: 0 success, 1 a run failed (message on stderr), 2 bad usage or configuration,
-130 interrupted by Ctrl-C (training saves its checkpoint first).
+130 interrupted by Ctrl-C, 143 stopped by SIGTERM (training saves its checkpoint first in both cases).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Callable, Sequence
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143  # 128 + SIGTERM, what a shell reports for a process SIGTERM ended
 
 log = logging.getLogger("rdd3d")
 
@@ -492,9 +493,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from rdd3d.core.config_loading import ConfigError
+    from rdd3d.engine.trainer import Preempted
 
     try:
         args.handler(args)
+    except Preempted:
+        print("rdd3d: stopped by SIGTERM after saving the last checkpoint; --resume continues", file=sys.stderr)
+        return EXIT_TERMINATED
     except KeyboardInterrupt:
         print("rdd3d: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

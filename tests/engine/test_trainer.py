@@ -1,3 +1,9 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+
 import pytest
 import torch
 
@@ -5,7 +11,7 @@ from rdd3d.data.collate import TrainingFrames
 from rdd3d.core.checkpoint import load_checkpoint
 from rdd3d.engine.distributed import init_distributed
 from rdd3d.engine.run_logging import read_log
-from rdd3d.engine.trainer import OptimConfig, Trainer, TrainerConfig, TrainingDivergedError
+from rdd3d.engine.trainer import OptimConfig, Preempted, Trainer, TrainerConfig, TrainingDivergedError
 
 from toy_training import ToyTrainee, toy_evaluator, toy_frames
 
@@ -72,6 +78,56 @@ def test_ctrl_c_saves_and_resume_continues(tmp_path):
     result = resumed.fit()
     assert result.step == 18 and result.epoch == 3
     assert [step for step, _ in losses(tmp_path)] == list(range(1, 19))
+
+
+class _TerminatedAt(ToyTrainee):
+    """Sends its own process SIGTERM during call ``at``, as a cluster scheduler does before it kills a job."""
+
+    def __init__(self, at: int) -> None:
+        super().__init__()
+        self.at = at
+
+    def forward(self, batch):
+        if self.calls + 1 == self.at:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return super().forward(batch)
+
+
+def test_sigterm_finishes_the_step_saves_and_resume_matches_an_uninterrupted_run(tmp_path):
+    straight = tmp_path / "straight"
+    make_trainer(straight).fit()
+    before = signal.getsignal(signal.SIGTERM)
+    stopped = tmp_path / "stopped"
+    with pytest.raises(Preempted):
+        make_trainer(stopped, trainee_factory=lambda: _TerminatedAt(10)).fit()
+    assert signal.getsignal(signal.SIGTERM) is before  # the trainer's handler lives only while it fits
+    assert load_checkpoint(stopped / "last.pt")["step"] == 10  # the step the signal came in was finished
+    resumed = make_trainer(stopped)
+    resumed.resume(stopped / "last.pt")
+    resumed.fit()
+    assert losses(stopped) == losses(straight)
+    a, b = load_checkpoint(straight / "last.pt")["model"], load_checkpoint(stopped / "last.pt")["model"]
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+
+
+def test_rdd3d_train_exits_143_on_sigterm_with_a_resumable_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "rdd3d", "train", "--set", "model.preset=cp-voxel-xxs",
+               "--set", "data.train_size=40", "--set", "data.val_size=2", "--set", "data.cache_in_memory=false", "--set", "trainer.batch_size=1",
+               "--set", "trainer.num_workers=1", "--set", "trainer.log_interval=1", "--set", f"output_dir={out}"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not (out / "log.jsonl").is_file() or not (out / "log.jsonl").read_text().strip():
+        assert process.poll() is None and time.monotonic() < deadline, "training did not start"
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGTERM)  # the whole job, data workers included, as a scheduler signals it
+    _, errors = process.communicate(timeout=120)
+    assert process.returncode == 143, errors
+    assert "stopped by SIGTERM" in errors
+    state = load_checkpoint(out / "last.pt")
+    assert state["step"] >= 1 and state["epoch"] == 0
 
 
 def test_best_checkpoint_follows_metric(tmp_path):

@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 import math
 import random
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,6 +95,16 @@ class TrainingDivergedError(RuntimeError):
     """A loss term became NaN or Inf; the last good checkpoint is kept."""
 
 
+class Preempted(KeyboardInterrupt):
+    """SIGTERM (what a cluster scheduler sends before it kills a job) arrived while the trainer ran: it
+    finished the step it was in, saved ``last.pt`` as on Ctrl-C, and stopped; ``--resume`` continues."""
+
+
+def _leave_sigterm_to_the_trainer(worker_id: int) -> None:
+    # A scheduler signals every process of the job; data workers keep serving until the trainer stops.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 @dataclass
 class TrainingResult:
     step: int
@@ -138,6 +150,7 @@ class Trainer:
         self.loader = DataLoader(
             train_set, batch_size=config.batch_size, sampler=self.sampler, num_workers=config.num_workers,
             collate_fn=collate, drop_last=True, persistent_workers=False,
+            worker_init_fn=_leave_sigterm_to_the_trainer,
         )
         self.steps_per_epoch = len(self.sampler) // config.batch_size
         if self.steps_per_epoch == 0:
@@ -223,6 +236,8 @@ class Trainer:
 
     # ----------------------------------------------------------------- loop
     def fit(self) -> TrainingResult:
+        self._terminated = False
+        previous_handler = self._catch_sigterm()
         try:
             while self.epoch < self.config.epochs:
                 self._train_epoch()
@@ -237,10 +252,32 @@ class Trainer:
             log.warning("interrupted: saved %s at step %d", self.output_dir / self.LAST, self.step)
             raise
         finally:
+            if previous_handler is not None:
+                signal.signal(signal.SIGTERM, previous_handler)
             self.logger.close()
             if self.threads is not None:
                 self.threads.restore()
         return TrainingResult(self.step, self.epoch, self.best_value, self.last_metrics)
+
+    def _catch_sigterm(self):
+        """While fit() runs, SIGTERM only raises a flag, read between optimiser steps (a handler can only be
+        installed from the main thread; elsewhere SIGTERM keeps its default). Returns the handler to restore."""
+        if threading.current_thread() is not threading.main_thread():
+            return None
+
+        def note(signum, frame) -> None:
+            self._terminated = True
+
+        return signal.signal(signal.SIGTERM, note)
+
+    def _stop_if_terminated(self) -> None:
+        terminated = self._terminated
+        if self.context.is_distributed:  # every rank stops after the same step, whichever got the signal
+            flag = torch.tensor([float(terminated)], device=self.context.device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            terminated = bool(flag.item())
+        if terminated:
+            raise Preempted()
 
     def _evaluation_due(self) -> bool:
         if self.evaluate is None:
@@ -277,6 +314,7 @@ class Trainer:
                 self.logger.log("train", self.step, self.epoch, values)
             if self.step % self.config.checkpoint_interval == 0 and self.step_in_epoch < self.steps_per_epoch:
                 self.save()
+            self._stop_if_terminated()
 
     def _optimisation_step(self, batch) -> dict[str, float]:
         self.optimizer.zero_grad(set_to_none=True)
