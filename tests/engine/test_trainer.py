@@ -148,3 +148,13 @@ class _CrashAt(ToyTrainee):
         if self.calls + 1 == self.crash_call:
             raise RuntimeError("killed")
         return super().forward(batch)
+
+
+def test_a_new_trainer_removes_the_checkpoint_temp_files_a_killed_one_left(tmp_path):
+    leftovers = [tmp_path / ".last.pt.k2j3h4.tmp", tmp_path / ".best.pt.a1b2c3.tmp"]
+    for leftover in leftovers:
+        leftover.write_bytes(b"half a checkpoint")
+    other = tmp_path / ".results.json.x.tmp"  # not the trainer's
+    other.write_text("{")
+    make_trainer(tmp_path)
+    assert not any(leftover.exists() for leftover in leftovers) and other.exists()

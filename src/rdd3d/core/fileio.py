@@ -10,12 +10,29 @@ from pathlib import Path
 from typing import IO, Iterator
 
 
+def _mode_for_new_files() -> int:
+    """What ``open`` would give a new file under this process's umask (mkstemp's temp files are 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+_NEW_FILE_MODE = _mode_for_new_files()
+
+
+def stale_temp_files(path: str | os.PathLike) -> list[Path]:
+    """Temp files :func:`atomic_open` left beside ``path`` when a process writing it was killed."""
+    path = Path(path)
+    return sorted(path.parent.glob(f".{path.name}.*.tmp"))
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs) -> Iterator[IO]:
     """Open a temp file beside ``path``; on success fsync it and rename it over ``path``.
 
     On any exception (including a full disk) the temp file is removed and ``path``
-    is left exactly as it was.
+    is left exactly as it was. The file gets the mode a plain ``open`` would give it (the umask's).
+    A process killed outright leaves its temp file (:func:`stale_temp_files` finds it).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -25,6 +42,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs) -> Iterator[
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp_name, _NEW_FILE_MODE)
         os.replace(tmp_name, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

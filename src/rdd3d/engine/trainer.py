@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from rdd3d.core.checkpoint import load_checkpoint, load_model_state, save_checkpoint
 from rdd3d.core.config_loading import require
+from rdd3d.core.fileio import stale_temp_files
 from rdd3d.data.collate import collate_frames
 from rdd3d.engine.distributed import DistributedContext, ResumableSampler, barrier
 from rdd3d.engine.run_logging import RunLogger
@@ -182,6 +183,9 @@ class Trainer:
         self.threads = ThreadGovernor() if config.adaptive_threads and context.device.type == "cpu" else None
         self.scaler = torch.amp.GradScaler("cuda", enabled=config.amp)
         self.logger = RunLogger(self.output_dir, enabled=context.is_main)
+        if context.is_main:  # a run folder has one trainer: temp files of its checkpoints are a killed one's
+            for leftover in stale_temp_files(self.output_dir / self.LAST) + stale_temp_files(self.output_dir / self.BEST):
+                leftover.unlink(missing_ok=True)
         self.step = 0
         self.epoch = 0
         self.step_in_epoch = 0
