@@ -9,12 +9,13 @@ import yaml
 
 from rdd3d.cli import EXIT_USAGE, main
 from rdd3d.engine.benchmark import (
-    BenchmarkPlan, BenchmarkResults, PairPlan, RunResult, VariantPlan, config_differences, format_markdown,
+    BenchmarkPlan, BenchmarkResults, PairPlan, RunResult, VariantPlan, format_markdown,
     load_plan, paired_gains, plan_runs, summarise, train_or_reuse,
 )
 from rdd3d.core.checkpoint import load_checkpoint, save_checkpoint
 from rdd3d.core.config_loading import ConfigError
 from rdd3d.engine.run_logging import read_log
+from rdd3d.engine.runs import config_differences
 from rdd3d.engine.trainer import Trainer
 from rdd3d.models.complexity import count_parameters
 from rdd3d.models.presets import build_detector

@@ -70,6 +70,14 @@ def test_train_resume_and_evaluate_checkpoint(tmp_path, capsys):
     # Resuming a finished run has nothing left to train.
     assert main(["train", "--set", f"output_dir={out}", *TINY_RUN, "--resume"]) == 0
     assert read_log(out / "log.jsonl", "train") == first  # nothing left to do: the log is unchanged
+    # A resumed run continues as it was configured: a setting that changes what it trains is refused
+    # before anything is written; one that changes only how it logs or checkpoints is not.
+    written = (out / "config.yaml").read_text()
+    capsys.readouterr()
+    assert main(["train", "--set", f"output_dir={out}", *TINY_RUN, "--set", "optim.lr=0.5", "--resume"]) == EXIT_USAGE
+    assert "optim.lr: 0.001 -> 0.5" in capsys.readouterr().err
+    assert (out / "config.yaml").read_text() == written
+    assert main(["train", "--set", f"output_dir={out}", *TINY_RUN, "--set", "trainer.log_interval=7", "--resume"]) == 0
     assert main(["eval", "--checkpoint", str(out / "best.pt"), "--frames", "2", "--device", "cpu",
                  "--write-results", str(tmp_path / "r.json")]) == 0
     results = json.loads((tmp_path / "r.json").read_text())

@@ -31,13 +31,13 @@ from rdd3d.core.types import Frame
 from rdd3d.distill.methods import METHODS
 from rdd3d.core.checkpoint import load_checkpoint
 from rdd3d.engine.config import RunConfig, load_run_config
-from rdd3d.core.config_loading import ConfigError, build_config, config_from_dict
+from rdd3d.core.config_loading import ConfigError, build_config
 from rdd3d.engine.datasets import build_datasets, evaluate, summary_metrics
 from rdd3d.engine.detection_task import predict
 from rdd3d.engine.distributed import init_distributed
 from rdd3d.engine.run_logging import read_log
 from rdd3d.engine.runs import (
-    detector_from_checkpoint, distill_student, plain_config, train_detector,
+    detector_from_checkpoint, distill_student, stored_config_differences, train_detector,
 )
 from rdd3d.engine.trainer import Trainer
 from rdd3d.core.fileio import write_bytes, write_json
@@ -201,9 +201,7 @@ def train_or_reuse(config: RunConfig) -> TrainedRun:
     resume = None
     if last.is_file():
         state = load_checkpoint(last)
-        # Read through today's schema: a key added since (at its default) is no difference.
-        stored = plain_config(config_from_dict(RunConfig, state.get("config", {}), source=f"{last} (stored config)"))
-        differences = config_differences(stored, plain_config(config))
+        differences = stored_config_differences(state, config, source=str(last))
         if differences:
             raise ConfigError(f"{output_dir} holds a run of another config ({'; '.join(differences[:5])}); "
                               f"delete that folder or point the benchmark elsewhere (--out; teachers_dir for teachers)")
@@ -214,18 +212,6 @@ def train_or_reuse(config: RunConfig) -> TrainedRun:
         (output_dir / "log.jsonl").unlink(missing_ok=True)  # a run killed before its first checkpoint
     train = distill_student if config.distill.method != "none" else train_detector
     return TrainedRun(last, train(config, resume=resume).step, reused=False)
-
-
-def config_differences(stored: Mapping, planned: Mapping, prefix: str = "") -> list[str]:
-    """``key: stored -> planned`` for every leaf that differs between two plain config trees."""
-    differences = []
-    for key in sorted(set(stored) | set(planned), key=str):
-        old, new = stored.get(key, "<absent>"), planned.get(key, "<absent>")
-        if isinstance(old, Mapping) and isinstance(new, Mapping):
-            differences += config_differences(old, new, f"{prefix}{key}.")
-        elif old != new:
-            differences.append(f"{prefix}{key}: {old!r} -> {new!r}")
-    return differences
 
 
 # ----------------------------------------------------------------------------- measurements

@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 import torch
 from omegaconf import OmegaConf
@@ -72,6 +72,10 @@ def distillation_trainee(config: RunConfig, device) -> Distiller:
 
 
 def _run(config: RunConfig, resume: str | None, make_trainee: Callable[[DistributedContext], nn.Module]):
+    last = Path(config.output_dir) / Trainer.LAST
+    checkpoint = None if resume is None else (last if resume == "last" else Path(resume))
+    if checkpoint is not None:
+        check_resumable(checkpoint, config)  # before anything is loaded or config.yaml rewritten
     context = init_distributed(config.device)
     trainee = None
     try:
@@ -95,8 +99,8 @@ def _run(config: RunConfig, resume: str | None, make_trainee: Callable[[Distribu
             save_config(plain_config(config), output_dir / "config.yaml")
         trainer = Trainer(trainee, frames, config.trainer, config.optim, output_dir, context,
                           evaluate=evaluate, run_config=plain_config(config))
-        if resume is not None:
-            trainer.resume(output_dir / Trainer.LAST if resume == "last" else Path(resume))
+        if checkpoint is not None:
+            trainer.resume(checkpoint)
         return trainer.fit()
     finally:
         if isinstance(trainee, Distiller):
@@ -140,6 +144,46 @@ def detector_from_checkpoint(path: str | Path, device="cpu"):
     weights = {key[len(prefix):]: value for key, value in state["model"].items() if key.startswith(prefix)}
     load_model_state(detector, weights, source=str(path))
     return detector.to(device).eval(), config
+
+
+def config_differences(stored: Mapping, planned: Mapping, prefix: str = "") -> list[str]:
+    """``key: stored -> planned`` for every leaf that differs between two plain config trees."""
+    differences = []
+    for key in sorted(set(stored) | set(planned), key=str):
+        old, new = stored.get(key, "<absent>"), planned.get(key, "<absent>")
+        if isinstance(old, Mapping) and isinstance(new, Mapping):
+            differences += config_differences(old, new, f"{prefix}{key}.")
+        elif old != new:
+            differences.append(f"{prefix}{key}: {old!r} -> {new!r}")
+    return differences
+
+
+def stored_config_differences(state: Mapping, config: RunConfig, source: str) -> list[str]:
+    """``key: stored -> now`` for every setting in which ``config`` differs from the one a checkpoint
+    ``state`` stores. The stored one is read through today's schema, so a key added since (at its default)
+    is no difference."""
+    stored = plain_config(config_from_dict(RunConfig, state.get("config", {}), source=f"{source} (stored config)"))
+    return config_differences(stored, plain_config(config))
+
+
+#: Settings a resumed run may change: where and how it runs, logs and checkpoints, not what it trains.
+RESUMABLE_CHANGES = ("output_dir", "device", "trainer.log_interval", "trainer.checkpoint_interval",
+                     "trainer.num_workers", "trainer.adaptive_threads", "eval.batch_size")
+
+
+def check_resumable(checkpoint: Path, config: RunConfig) -> None:
+    """Refuse to resume ``checkpoint`` under a config that would train something else: the optimiser and the
+    one-cycle schedule continue as they were built, so a new ``optim.lr`` or ``trainer.epochs`` would be
+    written into the run's config while the run went on with the old ones."""
+    if not checkpoint.is_file():
+        return  # the trainer's own error names the missing file
+    differences = [difference for difference in
+                   stored_config_differences(load_checkpoint(checkpoint), config, source=str(checkpoint))
+                   if difference.split(":", 1)[0] not in RESUMABLE_CHANGES]
+    if differences:
+        raise ConfigError(f"--resume {checkpoint}: the run was configured otherwise ({'; '.join(differences[:5])}"
+                          f"{'; ...' if len(differences) > 5 else ''}); a resumed run continues as it was "
+                          f"configured: drop those changes, or start a new run in another output_dir")
 
 
 def plain_config(config: RunConfig) -> dict:
