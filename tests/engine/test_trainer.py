@@ -48,7 +48,7 @@ def test_killed_run_resumes_with_identical_loss_curve(tmp_path):
     crashed = tmp_path / "crashed"
     # Simulated kill during step 11: the checkpoint of step 8 is the last one on disk.
     with pytest.raises(RuntimeError, match="killed"):
-        trainer = make_trainer(crashed, trainee_factory=lambda: _CrashAt(11))
+        trainer = make_trainer(crashed, trainee_factory=lambda: _ActionAt(11, _killed))
         trainer.fit()
     assert load_checkpoint(crashed / "last.pt")["step"] == 8
     resumed = make_trainer(crashed)
@@ -80,26 +80,13 @@ def test_ctrl_c_saves_and_resume_continues(tmp_path):
     assert [step for step, _ in losses(tmp_path)] == list(range(1, 19))
 
 
-class _TerminatedAt(ToyTrainee):
-    """Sends its own process SIGTERM during call ``at``, as a cluster scheduler does before it kills a job."""
-
-    def __init__(self, at: int) -> None:
-        super().__init__()
-        self.at = at
-
-    def forward(self, batch):
-        if self.calls + 1 == self.at:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return super().forward(batch)
-
-
 def test_sigterm_finishes_the_step_saves_and_resume_matches_an_uninterrupted_run(tmp_path):
     straight = tmp_path / "straight"
     make_trainer(straight).fit()
     before = signal.getsignal(signal.SIGTERM)
     stopped = tmp_path / "stopped"
     with pytest.raises(Preempted):
-        make_trainer(stopped, trainee_factory=lambda: _TerminatedAt(10)).fit()
+        make_trainer(stopped, trainee_factory=lambda: _ActionAt(10, _sigterm)).fit()
     assert signal.getsignal(signal.SIGTERM) is before  # the trainer's handler lives only while it fits
     assert load_checkpoint(stopped / "last.pt")["step"] == 10  # the step the signal came in was finished
     resumed = make_trainer(stopped)
@@ -139,15 +126,25 @@ def test_best_checkpoint_follows_metric(tmp_path):
     assert (tmp_path / "tensorboard").is_dir()
 
 
-class _CrashAt(ToyTrainee):
-    def __init__(self, call: int) -> None:
+class _ActionAt(ToyTrainee):
+    """Runs ``action`` when its forward is called for the ``call``-th time, before computing anything."""
+
+    def __init__(self, call: int, action) -> None:
         super().__init__()
-        self.crash_call = call
+        self.action_call, self.action = call, action
 
     def forward(self, batch):
-        if self.calls + 1 == self.crash_call:
-            raise RuntimeError("killed")
+        if self.calls + 1 == self.action_call:
+            self.action()
         return super().forward(batch)
+
+
+def _killed() -> None:
+    raise RuntimeError("killed")
+
+
+def _sigterm() -> None:  # as a cluster scheduler sends it before it kills a job
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def test_a_new_trainer_removes_the_checkpoint_temp_files_a_killed_one_left(tmp_path):
