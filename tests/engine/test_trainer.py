@@ -68,6 +68,30 @@ def test_nan_loss_stops_naming_step_and_term_and_keeps_checkpoint(tmp_path):
     assert load_checkpoint(tmp_path / "last.pt")["step"] == 4
 
 
+def test_weights_that_overflow_behind_a_finite_loss_are_never_saved(tmp_path):
+    def corrupt_running_statistics(trainee):
+        def action():
+            trainee.net[1].running_var.fill_(float("inf"))  # train mode reads batch statistics: the loss stays finite
+        return action
+
+    def factory():
+        trainee = _ActionAt(6, None)
+        trainee.action = corrupt_running_statistics(trainee)
+        return trainee
+
+    trainer = make_trainer(tmp_path, trainee_factory=factory)
+    with pytest.raises(TrainingDivergedError, match=r"step 6: 1 weight tensors hold NaN or Inf \(net.1.running_var\); "
+                                                    r"stopped without saving, the last good checkpoint is .*last.pt"):
+        trainer.fit()
+    assert load_checkpoint(tmp_path / "last.pt")["step"] == 4
+
+
+def test_a_divergence_before_any_checkpoint_says_there_is_none(tmp_path):
+    with pytest.raises(TrainingDivergedError, match="no checkpoint had been written yet"):
+        make_trainer(tmp_path, trainee_factory=lambda: ToyTrainee(nan_at_call=2)).fit()
+    assert not (tmp_path / "last.pt").exists()
+
+
 def test_ctrl_c_saves_and_resume_continues(tmp_path):
     trainer = make_trainer(tmp_path, trainee_factory=lambda: ToyTrainee(interrupt_at_call=10))
     with pytest.raises(KeyboardInterrupt):

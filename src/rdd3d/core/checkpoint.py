@@ -54,9 +54,16 @@ def describe_state_mismatch(model: nn.Module, state_dict: Mapping[str, torch.Ten
     return problems
 
 
+def non_finite_tensors(state_dict: Mapping[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors holding a NaN or an infinity."""
+    return [name for name, tensor in state_dict.items()
+            if torch.is_tensor(tensor) and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+
+
 def load_model_state(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "checkpoint",
                      max_lines: int = 20) -> None:
-    """``load_state_dict`` that fails with a list of mismatched tensors instead of a deep stack trace."""
+    """``load_state_dict`` that fails with a list of mismatched tensors instead of a deep stack trace, and
+    refuses weights holding NaN or Inf (what a diverged run leaves) instead of computing with them."""
     problems = describe_state_mismatch(model, state_dict)
     if problems:
         shown = "\n  ".join(problems[:max_lines])
@@ -65,4 +72,9 @@ def load_model_state(model: nn.Module, state_dict: Mapping[str, torch.Tensor], s
             f"{source}: weights do not fit this model ({len(problems)} mismatched tensors; "
             f"was it saved for another preset?)\n  {shown}{more}"
         )
+    broken = non_finite_tensors(state_dict)
+    if broken:
+        raise CheckpointError(f"{source}: {len(broken)} of {len(state_dict)} weight tensors hold NaN or Inf "
+                              f"({', '.join(broken[:3])}{', ...' if len(broken) > 3 else ''}): the run diverged "
+                              f"before it was saved")
     model.load_state_dict(state_dict)

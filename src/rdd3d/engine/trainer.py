@@ -25,7 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from rdd3d.core.checkpoint import load_checkpoint, load_model_state, save_checkpoint
+from rdd3d.core.checkpoint import load_checkpoint, load_model_state, non_finite_tensors, save_checkpoint
 from rdd3d.core.config_loading import require
 from rdd3d.core.fileio import stale_temp_files
 from rdd3d.data.collate import collate_frames
@@ -216,10 +216,18 @@ class Trainer:
 
     def save(self, name: str = LAST) -> Path:
         path = self.output_dir / name
+        broken = non_finite_tensors(self.trainee.state_dict())
+        if broken:  # a finite loss can still be followed by an update that overflows the weights
+            raise TrainingDivergedError(f"step {self.step}: {len(broken)} weight tensors hold NaN or Inf "
+                                        f"({', '.join(broken[:3])}); stopped without saving, {self._last_good()}")
         if self.context.is_main:
             save_checkpoint(path, self.state())
         barrier(self.context)
         return path
+
+    def _last_good(self) -> str:
+        path = self.output_dir / self.LAST
+        return f"the last good checkpoint is {path}" if path.is_file() else "and no checkpoint had been written yet"
 
     def resume(self, path: str | Path) -> None:
         state = load_checkpoint(path, map_location=self.context.device)
@@ -328,8 +336,7 @@ class Trainer:
         for name, value in values.items():
             if not math.isfinite(value):
                 raise TrainingDivergedError(
-                    f"step {self.step + 1}: loss term '{name}' is {value}; stopped without saving, "
-                    f"the last good checkpoint is {self.output_dir / self.LAST}"
+                    f"step {self.step + 1}: loss term '{name}' is {value}; stopped without saving, {self._last_good()}"
                 )
         self.scaler.scale(sum(terms.values())).backward()
         if self.grad_clip_norm > 0:

@@ -52,3 +52,13 @@ def test_mismatched_architecture_lists_tensors():
     message = str(error.value)
     assert "shape differs: 0.weight checkpoint (8, 3) vs model (4, 3)" in message
     assert "not in model: 2.weight (2, 8)" in message
+
+
+def test_weights_holding_nan_or_inf_are_refused_naming_them():
+    model = nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2))
+    state = {key: value.clone() for key, value in model.state_dict().items()}
+    state["0.weight"][0, 0] = float("nan")
+    state["1.running_var"][1] = float("inf")
+    with pytest.raises(CheckpointError, match=r"best.pt: 2 of 7 weight tensors hold NaN or Inf \(0.weight, 1.running_var\)"):
+        load_model_state(model, state, source="best.pt")
+    assert torch.isfinite(model[0].weight).all()  # nothing was loaded
