@@ -18,14 +18,14 @@ from toy_training import ToyTrainee, toy_evaluator, toy_frames
 RANGE = [-50, -50, -5, 50, 50, 5]
 
 
-def make_trainer(tmp_path, trainee_factory=ToyTrainee, **overrides) -> Trainer:
+def make_trainer(tmp_path, trainee_factory=ToyTrainee, evaluate=toy_evaluator, **overrides) -> Trainer:
     settings = dict(epochs=3, batch_size=4, num_workers=0, log_interval=1, checkpoint_interval=4, seed=3)
     settings.update(overrides)
     torch.manual_seed(0)
     trainee = trainee_factory()  # built after seeding, so every run starts from the same weights
     dataset = TrainingFrames(toy_frames(), RANGE, augmentation=None)
     return Trainer(trainee, dataset, TrainerConfig(**settings), OptimConfig(lr=1e-2), tmp_path,
-                   init_distributed("cpu"), evaluate=toy_evaluator)
+                   init_distributed("cpu"), evaluate=evaluate)
 
 
 def losses(path):
@@ -139,6 +139,33 @@ def test_rdd3d_train_exits_143_on_sigterm_with_a_resumable_checkpoint(tmp_path):
     assert "stopped by SIGTERM" in errors
     state = load_checkpoint(out / "last.pt")
     assert state["step"] >= 1 and state["epoch"] == 0
+
+
+@pytest.mark.parametrize("eval_interval, killed_evaluation", [(0, 1), (2, 1), (1, 3)])
+def test_a_run_killed_during_an_evaluation_resumes_with_that_evaluation(tmp_path, eval_interval, killed_evaluation):
+    straight = tmp_path / "straight"
+    make_trainer(straight, eval_interval=eval_interval).fit()
+    calls = []
+
+    def dies_during_evaluation(model, context):
+        calls.append(1)
+        if len(calls) == killed_evaluation:
+            raise RuntimeError("killed")
+        return toy_evaluator(model, context)
+
+    stopped = tmp_path / "stopped"
+    with pytest.raises(RuntimeError, match="killed"):
+        make_trainer(stopped, evaluate=dies_during_evaluation, eval_interval=eval_interval).fit()
+    resumed = make_trainer(stopped, eval_interval=eval_interval)
+    resumed.resume(stopped / "last.pt")
+    resumed.fit()
+    def records(run):  # everything but the wall-clock throughput
+        return [{key: value for key, value in record.items() if key != "frames_per_s"}
+                for record in read_log(run / "log.jsonl")]
+
+    assert records(stopped) == records(straight)  # every evaluation included, once
+    best = load_checkpoint(straight / "best.pt"), load_checkpoint(stopped / "best.pt")
+    assert best[0]["step"] == best[1]["step"] and best[0]["best_value"] == best[1]["best_value"]
 
 
 def test_best_checkpoint_follows_metric(tmp_path):

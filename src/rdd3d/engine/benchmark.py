@@ -205,7 +205,8 @@ def train_or_reuse(config: RunConfig) -> TrainedRun:
         if differences:
             raise ConfigError(f"{output_dir} holds a run of another config ({'; '.join(differences[:5])}); "
                               f"delete that folder or point the benchmark elsewhere (--out; teachers_dir for teachers)")
-        if state["epoch"] == config.trainer.epochs and state["step_in_epoch"] == 0:
+        finished = state["epoch"] == config.trainer.epochs and state["step_in_epoch"] == 0
+        if finished and not state.get("evaluation_pending", False):
             return TrainedRun(last, state["step"], reused=True)
         resume = "last"
     else:

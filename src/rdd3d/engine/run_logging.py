@@ -40,11 +40,13 @@ class RunLogger:
                 if isinstance(value, (int, float)) and math.isfinite(value):
                     self._writer.add_scalar(f"{kind}/{key}", value, step)
 
-    def truncate_after(self, step: int) -> None:
-        """On resume: drop records a crashed run wrote after the checkpoint it resumes from."""
+    def truncate_after(self, step: int, keep_evaluation: bool = True) -> None:
+        """On resume: drop records a crashed run wrote after the checkpoint it resumes from, and, when that
+        checkpoint's evaluation is to be redone (``keep_evaluation=False``), the evaluation logged at its step."""
         if not self.enabled or not self.path.exists():
             return
-        kept = [json.dumps(record) + "\n" for record in read_log(self.path) if record["step"] <= step]
+        kept = [json.dumps(record) + "\n" for record in read_log(self.path)
+                if record["step"] < step or (record["step"] == step and (keep_evaluation or record["kind"] != "eval"))]
         with atomic_open(self.path, "w", encoding="utf-8") as handle:
             handle.writelines(kept)
 

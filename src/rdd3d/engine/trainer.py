@@ -190,6 +190,7 @@ class Trainer:
         self.epoch = 0
         self.step_in_epoch = 0
         self.best_value: float | None = None
+        self.evaluation_pending = False  # the last epoch's evaluation is due and not yet done
         self.last_metrics: dict[str, float] = {}
 
     # ----------------------------------------------------------------- checkpoints
@@ -203,6 +204,7 @@ class Trainer:
             "epoch": self.epoch,
             "step_in_epoch": self.step_in_epoch,
             "best_value": self.best_value,
+            "evaluation_pending": self.evaluation_pending,
             "rng": {
                 "torch": torch.get_rng_state(),
                 # MT19937 key as a tensor: weights_only checkpoints hold no NumPy objects.
@@ -237,13 +239,14 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         self.step, self.epoch, self.step_in_epoch = state["step"], state["epoch"], state["step_in_epoch"]
         self.best_value = state["best_value"]
+        self.evaluation_pending = bool(state.get("evaluation_pending", False))
         rng = state["rng"]
         torch.set_rng_state(rng["torch"].cpu())
         np.random.set_state(("MT19937", rng["numpy"].cpu().numpy().astype(np.uint32), rng["numpy_pos"]))
         random.setstate((3, tuple(rng["python"]), None))
         if rng["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
-        self.logger.truncate_after(self.step)
+        self.logger.truncate_after(self.step, keep_evaluation=not self.evaluation_pending)
         log.info("resumed from %s at epoch %d, step %d", path, self.epoch, self.step)
 
     # ----------------------------------------------------------------- loop
@@ -251,12 +254,17 @@ class Trainer:
         self._terminated = False
         previous_handler = self._catch_sigterm()
         try:
+            if self.evaluation_pending:  # the run this one resumes was stopped during its evaluation
+                self._evaluate_and_keep_best()
             while self.epoch < self.config.epochs:
                 self._train_epoch()
                 self.epoch += 1
                 self.step_in_epoch = 0
+                # The checkpoint says whether this epoch's evaluation is still to come: a run stopped during
+                # it resumes with it, not past it.
+                self.evaluation_pending = self._evaluation_due()
                 self.save()
-                if self._evaluation_due():
+                if self.evaluation_pending:
                     self._evaluate_and_keep_best()
         except KeyboardInterrupt:
             # The state is consistent between optimiser steps: save it so that --resume continues here.
@@ -357,7 +365,8 @@ class Trainer:
             raise KeyError(f"best_metric '{self.config.best_metric}' not among the metrics {sorted(metrics)}")
         better = (self.best_value is None or
                   (value > self.best_value if self.config.best_mode == "max" else value < self.best_value))
+        self.evaluation_pending = False
         if better:
             self.best_value = float(value)
             self.save(self.BEST)
-            self.save()  # so that a resumed run knows the best value too
+        self.save()  # the evaluation is done (and the best value known) for a resumed run too
