@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import os
+import signal
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -19,10 +21,23 @@ class CheckpointError(RuntimeError):
 def save_checkpoint(path: str | os.PathLike, state: Mapping[str, Any]) -> None:
     """Write ``state`` with ``torch.save`` to a temp file and rename it over ``path``.
 
-    A failure while writing (e.g. a full disk) leaves the previous checkpoint intact.
+    A failure while writing (e.g. a full disk) leaves the previous checkpoint intact and is an OSError
+    naming the file. ``torch.save`` serialises into memory first, with Ctrl-C and SIGTERM held back until it
+    is done: a signal inside its C++ writer would surface as an unrelated RuntimeError, and a full disk
+    there loses its errno; the file is then written with plain Python I/O, where both come out as they are.
     """
-    with atomic_open(path, "wb") as handle:
-        torch.save(dict(state), handle)
+    buffer = io.BytesIO()
+    held = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        torch.save(dict(state), buffer)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)  # a held signal is delivered here
+    try:
+        with atomic_open(path, "wb") as handle:
+            handle.write(buffer.getbuffer())
+    except OSError as error:
+        raise OSError(error.errno, f"writing checkpoint {path}: {error.strerror or error}") from None
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
