@@ -206,3 +206,17 @@ def test_a_new_trainer_removes_the_checkpoint_temp_files_a_killed_one_left(tmp_p
     other.write_text("{")
     make_trainer(tmp_path)
     assert not any(leftover.exists() for leftover in leftovers) and other.exists()
+
+
+def test_a_torn_last_log_line_is_dropped_on_resume_and_a_damaged_log_is_named(tmp_path):
+    trainer = make_trainer(tmp_path)
+    trainer.fit()
+    log_path = tmp_path / "log.jsonl"
+    complete = log_path.read_text()
+    log_path.write_text(complete + '{"kind": "train", "step": 19, "ep')  # killed while appending
+    resumed = make_trainer(tmp_path)
+    resumed.resume(tmp_path / "last.pt")
+    assert log_path.read_text() == complete
+    log_path.write_text('{"kind": "train"\n' + complete)
+    with pytest.raises(ValueError, match=r"log.jsonl: line 1 is not a JSON record"):
+        read_log(log_path)

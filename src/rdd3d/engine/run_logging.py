@@ -45,7 +45,8 @@ class RunLogger:
         checkpoint's evaluation is to be redone (``keep_evaluation=False``), the evaluation logged at its step."""
         if not self.enabled or not self.path.exists():
             return
-        kept = [json.dumps(record) + "\n" for record in read_log(self.path)
+        # A process killed while appending leaves a torn last line: what it held is after the checkpoint anyway.
+        kept = [json.dumps(record) + "\n" for record in read_log(self.path, torn_end=True)
                 if record["step"] < step or (record["step"] == step and (keep_evaluation or record["kind"] != "eval"))]
         with atomic_open(self.path, "w", encoding="utf-8") as handle:
             handle.writelines(kept)
@@ -55,9 +56,23 @@ class RunLogger:
             self._writer.close()
 
 
-def read_log(path: str | Path, kind: str | None = None) -> list[dict]:
-    """The records of a ``log.jsonl``, optionally only those of one kind."""
-    records = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line]
+def read_log(path: str | Path, kind: str | None = None, torn_end: bool = False) -> list[dict]:
+    """The records of a ``log.jsonl``, optionally only those of one kind. A line that is not a JSON record
+    is an error naming the file and the line; with ``torn_end`` an unterminated last line (a writer killed
+    mid-line) is skipped instead."""
+    text = Path(path).read_text(encoding="utf-8")
+    lines = text.split("\n")  # a complete file ends with "\n": its last piece is empty
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if not line:
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as error:
+            if torn_end and number == len(lines):
+                break
+            raise ValueError(f"{path}: line {number} is not a JSON record ({error.msg}); "
+                             f"the run log is damaged") from None
     return [record for record in records if kind is None or record["kind"] == kind]
 
 
