@@ -27,6 +27,7 @@ def test_keeps_leading_columns_of_wider_file(tmp_path):
         (np.arange(10, dtype=np.float32), "not a multiple of 4 columns"),
         (np.array([], dtype=np.float32), "empty"),
         (np.array([0, 1, np.nan, 2, 3, 4, 5, np.inf], dtype=np.float32), "2 point.*NaN or Inf"),
+        (np.array([0, 1, 2, 3, 1e30, 1, 2, 3], dtype=np.float32), "1 point\\(s\\) lie beyond ±100000 m \\(first at point 1, x = 1e\\+30\\)"),
     ],
 )
 def test_bad_files_name_the_file_and_problem(tmp_path, content, message):
@@ -40,6 +41,9 @@ def test_bad_files_name_the_file_and_problem(tmp_path, content, message):
 def test_missing_file(tmp_path):
     with pytest.raises(PointFileError, match="not found"):
         read_points(tmp_path / "nope.bin", file_columns=4)
+    (tmp_path / "dir.bin").mkdir()
+    with pytest.raises(PointFileError, match="dir.bin: is a directory, not a point file"):
+        read_points(tmp_path / "dir.bin", file_columns=4)
 
 
 def test_skip_policy_logs_and_returns_none(tmp_path, caplog):

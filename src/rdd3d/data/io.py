@@ -16,6 +16,9 @@ log = logging.getLogger(__name__)
 
 OnBadFile = Literal["raise", "skip"]
 
+#: Metres. No LiDAR returns points 100 km away; coordinates beyond that mean the file is misread.
+MAX_COORDINATE = 1e5
+
 
 class PointFileError(ValueError):
     """A point file that cannot be turned into a point cloud; the message names file and problem."""
@@ -24,6 +27,8 @@ class PointFileError(ValueError):
 def read_point_array(path: str | os.PathLike, num_columns: int, dtype=np.float32) -> np.ndarray:
     """Read an ``(N, num_columns)`` array from a raw binary file, validating it fully."""
     path = Path(path)
+    if path.is_dir():
+        raise PointFileError(f"{path}: is a directory, not a point file")
     if not path.is_file():
         raise PointFileError(f"{path}: point file not found")
     raw = np.fromfile(path, dtype=dtype)
@@ -41,6 +46,13 @@ def read_point_array(path: str | os.PathLike, num_columns: int, dtype=np.float32
         count = int((~finite.all(axis=1)).sum())
         raise PointFileError(
             f"{path}: {count} point(s) hold NaN or Inf (first at point {row}, column {col})"
+        )
+    far = np.abs(points[:, :3]) > MAX_COORDINATE
+    if far.any():
+        row, col = np.argwhere(far)[0]
+        raise PointFileError(
+            f"{path}: {int(far.any(axis=1).sum())} point(s) lie beyond ±{MAX_COORDINATE:g} m (first at point {row}, "
+            f"{'xyz'[col]} = {points[row, col]:g}): not metres of a LiDAR sweep; wrong column count or a damaged file"
         )
     return points.astype(np.float32, copy=False)
 
