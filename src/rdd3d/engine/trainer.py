@@ -191,6 +191,7 @@ class Trainer:
         self.step_in_epoch = 0
         self.best_value: float | None = None
         self.evaluation_pending = False  # the last epoch's evaluation is due and not yet done
+        self._terminated = False  # SIGTERM arrived during fit()
         self.last_metrics: dict[str, float] = {}
 
     # ----------------------------------------------------------------- checkpoints
@@ -252,7 +253,7 @@ class Trainer:
     # ----------------------------------------------------------------- loop
     def fit(self) -> TrainingResult:
         self._terminated = False
-        previous_handler = self._catch_sigterm()
+        restore_sigterm = self._catch_sigterm()
         try:
             if self.evaluation_pending:  # the run this one resumes was stopped during its evaluation
                 self._evaluate_and_keep_best()
@@ -272,23 +273,25 @@ class Trainer:
             log.warning("interrupted: saved %s at step %d", self.output_dir / self.LAST, self.step)
             raise
         finally:
-            if previous_handler is not None:
-                signal.signal(signal.SIGTERM, previous_handler)
+            restore_sigterm()
             self.logger.close()
             if self.threads is not None:
                 self.threads.restore()
         return TrainingResult(self.step, self.epoch, self.best_value, self.last_metrics)
 
-    def _catch_sigterm(self):
+    def _catch_sigterm(self) -> Callable[[], None]:
         """While fit() runs, SIGTERM only raises a flag, read between optimiser steps (a handler can only be
-        installed from the main thread; elsewhere SIGTERM keeps its default). Returns the handler to restore."""
+        installed from the main thread; elsewhere SIGTERM keeps its default). Returns what puts the
+        previous handler back."""
         if threading.current_thread() is not threading.main_thread():
-            return None
+            return lambda: None
 
         def note(signum, frame) -> None:
             self._terminated = True
 
-        return signal.signal(signal.SIGTERM, note)
+        previous = signal.signal(signal.SIGTERM, note)
+        # None: a handler not installed from Python, which cannot be put back; the default is the closest
+        return lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
     def _stop_if_terminated(self) -> None:
         terminated = self._terminated
