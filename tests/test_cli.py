@@ -1,11 +1,17 @@
 """The command line as a script sees it: outputs, exit codes and messages."""
 
 import json
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
+import yaml
 
 from rdd3d.cli import EXIT_FAILURE, EXIT_USAGE, main
+from rdd3d.core.checkpoint import load_checkpoint, save_checkpoint
 from rdd3d.data.synthetic.disk import DiskDataset
 from rdd3d.engine.run_logging import read_log
 from rdd3d.evaluation.detection_metrics import detections_to_table, frame_metric_config
@@ -24,6 +30,43 @@ def test_simulate_then_show(tmp_path, capsys):
     assert main(["show", "--root", str(tmp_path / "sim"), "--split", "train", "--index", "1",
                  "--out", str(tmp_path / "f.png")]) == 0
     assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_simulate_never_mixes_two_worlds_in_one_folder(tmp_path, capsys):
+    out = tmp_path / "sim"
+    assert main(["simulate", "--out", str(out), "--train-size", "2", "--val-size", "1"]) == 0
+    first = (out / "dataset.json").read_bytes()
+    assert main(["simulate", "--out", str(out), "--train-size", "1", "--val-size", "1", "--seed", "5"]) == EXIT_USAGE
+    assert "exists and is not empty" in capsys.readouterr().err
+    assert (out / "dataset.json").read_bytes() == first
+    assert main(["simulate", "--out", str(out), "--train-size", "1", "--val-size", "1", "--seed", "5",
+                 "--overwrite"]) == 0
+    assert len(list((out / "points").iterdir())) == 2  # the first world's frames went with it
+    assert json.loads((out / "dataset.json").read_text())["splits"]["train"]["seed"] == 5
+
+
+def test_simulate_killed_then_run_again_writes_what_an_uninterrupted_run_writes(tmp_path):
+    arguments = ["simulate", "--train-size", "20", "--val-size", "2", "--seed", "3"]
+    killed = tmp_path / "killed"
+    process = subprocess.Popen([sys.executable, "-m", "rdd3d", *arguments, "--out", str(killed)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    staging = tmp_path / ".killed.partial" / "points"
+    deadline = time.monotonic() + 60
+    while process.poll() is None and time.monotonic() < deadline:
+        if staging.is_dir() and len(list(staging.iterdir())) >= 3:
+            process.kill()
+            break
+        time.sleep(0.02)
+    assert process.wait() == -signal.SIGKILL, "the simulation ended before it could be killed"
+    assert not killed.exists()  # the folder appears only once complete
+    assert main([*arguments, "--out", str(killed)]) == 0
+    straight = tmp_path / "straight"
+    assert main([*arguments, "--out", str(straight)]) == 0
+    assert not (tmp_path / ".killed.partial").exists()
+    written = sorted(path.relative_to(straight) for path in straight.rglob("*") if path.is_file())
+    assert written == sorted(path.relative_to(killed) for path in killed.rglob("*") if path.is_file())
+    for relative in written:
+        assert (straight / relative).read_bytes() == (killed / relative).read_bytes(), relative
 
 
 def test_unknown_override_is_a_usage_error(tmp_path, capsys):
@@ -78,11 +121,26 @@ def test_train_resume_and_evaluate_checkpoint(tmp_path, capsys):
     assert "optim.lr: 0.001 -> 0.5" in capsys.readouterr().err
     assert (out / "config.yaml").read_text() == written
     assert main(["train", "--set", f"output_dir={out}", *TINY_RUN, "--set", "trainer.log_interval=7", "--resume"]) == 0
+    # More epochs extend the finished run (a new schedule over them); fewer are refused.
+    assert main(["train", "--set", f"output_dir={out}", *TINY_RUN, "--set", "trainer.epochs=2", "--resume"]) == 0
+    assert [r["epoch"] for r in read_log(out / "log.jsonl", "eval")] == [1, 2]
+    assert yaml.safe_load((out / "config.yaml").read_text())["trainer"]["epochs"] == 2
+    capsys.readouterr()
+    assert main(["train", "--set", f"output_dir={out}", *TINY_RUN, "--resume"]) == EXIT_USAGE
+    assert "only a finished run can be extended, to more epochs" in capsys.readouterr().err
     assert main(["eval", "--checkpoint", str(out / "best.pt"), "--frames", "2", "--device", "cpu",
                  "--write-results", str(tmp_path / "r.json")]) == 0
     results = json.loads((tmp_path / "r.json").read_text())
     assert set(results["results"]) == {"val_000000", "val_000001"}
     assert "NDS" in capsys.readouterr().out
+    # Outputs that exist are replaced only with --overwrite; an input is never an output.
+    eval_again = ["eval", "--checkpoint", str(out / "best.pt"), "--frames", "1", "--device", "cpu"]
+    assert main([*eval_again, "--write-results", str(tmp_path / "r.json")]) == EXIT_USAGE
+    assert "r.json exists; pass --overwrite" in capsys.readouterr().err
+    assert main([*eval_again, "--out", str(out / "best.pt"), "--overwrite"]) == EXIT_USAGE
+    assert "is also an input" in capsys.readouterr().err
+    assert main([*eval_again, "--write-results", str(tmp_path / "r.json"), "--overwrite"]) == 0
+    assert set(json.loads((tmp_path / "r.json").read_text())["results"]) == {"val_000000"}
 
 
 @pytest.fixture(scope="module")
@@ -114,10 +172,27 @@ def test_distill_logs_every_loss_term(tmp_path, tiny_teacher, method):
     assert main(["eval", "--checkpoint", str(out / "last.pt"), "--frames", "1", "--device", "cpu"]) == 0
 
 
-def test_distill_refuses_a_teacher_of_another_dataset_or_a_missing_one(tmp_path, capsys):
+def test_distill_refuses_a_teacher_of_another_dataset_or_a_missing_one(tmp_path, tiny_teacher, capsys):
     assert main(["distill", "--teacher", str(tmp_path / "none.pt"), "--student", "cp-voxel-xxs",
                  "--method", "rdd", *DISTILL_RUN]) == EXIT_FAILURE
     assert "none.pt: checkpoint not found" in capsys.readouterr().err
+    state = load_checkpoint(tiny_teacher)
+    state["config"]["data"]["dataset"] = "kitti"
+    save_checkpoint(tmp_path / "kitti.pt", state)
+    out = tmp_path / "run"
+    assert main(["distill", "--teacher", str(tmp_path / "kitti.pt"), "--student", "cp-voxel-xxs",
+                 "--method", "rdd", "--set", f"output_dir={out}", *DISTILL_RUN]) == EXIT_USAGE
+    assert "the teacher was trained on data.dataset='kitti', the student trains on 'synthetic'" \
+        in capsys.readouterr().err
+    assert not out.exists()  # refused before anything was written
+
+
+def test_distill_says_when_teacher_and_student_are_of_different_families(tmp_path, tiny_teacher, caplog):
+    out = tmp_path / "run"
+    with caplog.at_level("WARNING"):
+        assert main(["distill", "--teacher", str(tiny_teacher), "--student", "cp-pillar-v0.64", "--method", "rdd",
+                     "--set", f"output_dir={out}", *DISTILL_RUN]) == 0
+    assert "a cross-family pair" in caplog.text and "cp-pillar family" in caplog.text
 
 
 def test_flops_table_and_unknown_preset(tmp_path, capsys):

@@ -13,7 +13,7 @@ LAYERS = (
     {"data", "models", "evaluation"},  # datasets, detectors, metrics
     {"distill"},  # distillation methods and the distiller
     {"engine"},  # training, runs, the benchmark's orchestration
-    {"cli", "demo", "viz", "__main__"},  # applications
+    {"cli", "demo", "doctor", "viz", "__main__"},  # applications
 )
 
 

@@ -35,6 +35,8 @@ def _add_simulate(commands) -> None:
     parser.add_argument("--train-size", type=int, default=200, help="frames in the train split (default 200)")
     parser.add_argument("--val-size", type=int, default=50, help="frames in the val split (default 50)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a non-empty --out, once the new dataset is complete (default: refuse)")
     _add_world_overrides(parser)
     parser.set_defaults(handler=_run_simulate)
 
@@ -48,7 +50,10 @@ def _run_simulate(args) -> None:
         split: SyntheticDataset(split, size, seed=args.seed, config=world)
         for split, size in (("train", args.train_size), ("val", args.val_size)) if size > 0
     }
-    write_dataset(args.out, datasets)
+    try:
+        write_dataset(args.out, datasets, overwrite=args.overwrite)
+    except FileExistsError as error:
+        raise UsageError(str(error)) from None
     print(f"wrote {sum(len(d) for d in datasets.values())} frames to {args.out}")
 
 
@@ -67,6 +72,7 @@ def _add_show(commands) -> None:
     parser.add_argument("--seed", type=int, default=0, help="synthetic world seed (without --root)")
     parser.add_argument("--color-by", choices=("height", "intensity"), default="height")
     parser.add_argument("--extent", type=float, default=None, help="half-width of the picture in metres")
+    _add_overwrite(parser)
     _add_world_overrides(parser)
     parser.set_defaults(handler=_run_show)
 
@@ -74,6 +80,7 @@ def _add_show(commands) -> None:
 def _run_show(args) -> None:
     from rdd3d.viz import BoxLayer, save_bev
 
+    _check_outputs(args, [args.out])
     if args.root is not None:
         from rdd3d.data.synthetic.disk import DiskDataset
 
@@ -203,12 +210,15 @@ def _add_eval(commands) -> None:
                         help="with --checkpoint: also write the detections (nuScenes and synthetic: submission JSON; "
                              "KITTI: a folder of result files)")
     parser.add_argument("--out", type=Path, help="write the metrics as JSON here")
+    _add_overwrite(parser)
     parser.set_defaults(handler=_run_eval)
 
 
 def _run_eval(args) -> None:
     from rdd3d.evaluation import nuscenes_io
 
+    gt_manifest = None if args.gt is None else Path(args.gt) / "dataset.json"
+    _check_outputs(args, [args.out, args.write_results], inputs=[args.results, args.checkpoint, args.gt, gt_manifest])
     if args.results is not None:
         if args.gt is None:
             raise UsageError("--results needs --gt (nuScenes dataroot, ground-truth JSON or simulate folder)")
@@ -274,14 +284,16 @@ def _add_nuscenes_infos(commands) -> None:
     parser.add_argument("--on-missing", choices=("error", "skip"), default="error",
                         help="a missing LiDAR file: stop with its name (default), or leave it out and count it")
     parser.add_argument("--compress", action="store_true", help="write .json.gz")
+    _add_overwrite(parser)
     parser.set_defaults(handler=_run_nuscenes_infos)
 
 
 def _run_nuscenes_infos(args) -> None:
-    from rdd3d.data.nuscenes import build_infos
+    from rdd3d.data.nuscenes import VERSION_SPLITS, build_infos, info_file_name
 
     if not args.dataroot.is_dir():
         raise UsageError(f"--dataroot {args.dataroot}: not a folder")
+    _check_outputs(args, [args.out / info_file_name(split, args.compress) for split in VERSION_SPLITS[args.version]])
     try:
         report = build_infos(args.dataroot, args.version, args.out, max_sweeps=args.max_sweeps,
                              on_missing=args.on_missing, compress=args.compress, verbose=args.verbose)
@@ -309,16 +321,18 @@ def _add_gt_database(commands) -> None:
     _add_config_arguments(parser)
     parser.add_argument("--out", required=True, type=Path, help="database folder")
     parser.add_argument("--classes", nargs="+", metavar="CLASS", help="only these classes (default: all)")
+    _add_overwrite(parser)
     parser.set_defaults(handler=_run_gt_database)
 
 
 def _run_gt_database(args) -> None:
     from collections import Counter
 
-    from rdd3d.data.gt_sampling import build_gt_database, read_gt_database
+    from rdd3d.data.gt_sampling import INDEX_NAME, build_gt_database, read_gt_database
     from rdd3d.engine.config import load_run_config
     from rdd3d.engine.datasets import build_datasets
 
+    _check_outputs(args, [args.out / INDEX_NAME])
     config = load_run_config(args.config, args.set)
     config.data.cache_in_memory = False  # every frame is read once, in turn
     config.data.nuscenes.use_cbgs = False  # each training sample once: CBGS repeats samples
@@ -354,6 +368,7 @@ def _add_flops(commands) -> None:
     parser.add_argument("presets", nargs="*", help="preset names (default: every preset)")
     parser.add_argument("--dataset", default="synthetic", help="synthetic | nuscenes | kitti")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON")
+    _add_overwrite(parser)
     parser.set_defaults(handler=_run_flops)
 
 
@@ -365,6 +380,7 @@ def _run_flops(args) -> None:
 
     if args.dataset not in list_datasets():
         raise UsageError(f"--dataset {args.dataset!r}: expected one of {list(list_datasets())}")
+    _check_outputs(args, [args.json])
     offered = list_presets(args.dataset)
     unknown = [name for name in args.presets if name not in offered]
     if unknown:
@@ -425,6 +441,7 @@ def _add_disparity(commands) -> None:
                              "for like between students with and without KD; ignores trained adapters")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument("--out", required=True, type=Path, help="output folder")
+    _add_overwrite(parser)
     parser.set_defaults(handler=_run_disparity)
 
 
@@ -437,6 +454,7 @@ def _run_disparity(args) -> None:
 
     if args.frames < 1 or args.batch_size < 1:
         raise UsageError(f"--frames and --batch-size must be >= 1, got {args.frames} and {args.batch_size}")
+    _check_outputs(args, [args.out / "disparity.json", args.out / "disparity.png"])
     device = init_distributed(args.device).device
     teacher, teacher_config = detector_from_checkpoint(args.teacher, device)
     paths = {label: path for label, path in (("before", args.student), ("after", args.student_after)) if path}
@@ -460,7 +478,58 @@ def _run_disparity(args) -> None:
     print(f"wrote {args.out / 'disparity.json'} and {args.out / 'disparity.png'}")
 
 
+# ----------------------------------------------------------------------------- doctor
+def _add_doctor(commands) -> None:
+    parser = commands.add_parser(
+        "doctor", help="check this machine first: versions, CUDA, sparse backend, threads, a tiny training step",
+        description="Check what this machine gives rdd3d and print one line per check (OK, WARN or FAIL; under "
+                    "every WARN and FAIL, what to do): versions of Python, torch and the optional packages; CUDA; "
+                    "which sparse-convolution backend runs on CPU and on CUDA, with a tiny forward and backward "
+                    "against a dense reference; torch's threads against the usable cores; one small forward and "
+                    "backward per detector family; whether runs can be written in the current folder. "
+                    "Exit code 0 when no check FAILs (WARNs allowed), 1 when one does.",
+    )
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the report as JSON")
+    parser.add_argument("--skip-models", action="store_true",
+                        help="skip the detector forward/backward checks (the slowest part)")
+    _add_overwrite(parser)
+    parser.set_defaults(handler=_run_doctor)
+
+
+def _run_doctor(args) -> int:
+    from rdd3d.doctor import format_report, report_json, run_checks
+
+    _check_outputs(args, [args.json])
+    checks = run_checks(Path.cwd(), skip_models=args.skip_models)
+    print(format_report(checks))
+    if args.json is not None:
+        from rdd3d.core.fileio import write_json
+
+        write_json(args.json, report_json(checks))
+        print(f"wrote {args.json}")
+    failed = [check.name for check in checks if check.status == "FAIL"]
+    if failed:
+        print(f"rdd3d doctor: {len(failed)} check(s) failed: {', '.join(failed)}", file=sys.stderr)
+        return EXIT_FAILURE  # the doctor's finding, not an error of the command
+    return 0
+
+
 # ----------------------------------------------------------------------------- shared helpers
+def _add_overwrite(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--overwrite", action="store_true", help="replace output files that exist (default: refuse)")
+
+
+def _check_outputs(args, outputs: Sequence[Path | None], inputs: Sequence[Path | str | None] = ()) -> None:
+    """Before any work: an output never replaces one of the command's inputs, nor, without --overwrite,
+    anything that already exists."""
+    named_inputs = {Path(path).resolve() for path in inputs if path is not None}
+    for output in filter(None, outputs):
+        if output.resolve() in named_inputs:
+            raise UsageError(f"{output} is also an input of this command; write the output elsewhere")
+        if output.exists() and not args.overwrite:
+            raise UsageError(f"{output} exists; pass --overwrite to replace it, or choose another path")
+
+
 def _add_world_overrides(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a synthetic-world setting, e.g. --set lidar.beams=16 (repeatable)")
@@ -473,8 +542,9 @@ def _world_config(overrides: Sequence[str]):
     return build_config(WorldConfig, overrides=overrides)
 
 
-COMMANDS: tuple[Callable, ...] = (_add_demo, _add_simulate, _add_show, _add_nuscenes_infos, _add_gt_database,
-                                 _add_train, _add_distill, _add_eval, _add_flops, _add_benchmark, _add_disparity)
+COMMANDS: tuple[Callable, ...] = (_add_doctor, _add_demo, _add_simulate, _add_show, _add_nuscenes_infos,
+                                 _add_gt_database, _add_train, _add_distill, _add_eval, _add_flops, _add_benchmark,
+                                 _add_disparity)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -496,7 +566,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from rdd3d.engine.trainer import Preempted
 
     try:
-        args.handler(args)
+        code = args.handler(args)  # None, or the exit code of a command whose finding is a failure (doctor)
     except Preempted:
         print("rdd3d: stopped by SIGTERM after saving the last checkpoint; --resume continues", file=sys.stderr)
         return EXIT_TERMINATED
@@ -511,7 +581,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"rdd3d {args.command}: error: {error}", file=sys.stderr)
         return EXIT_FAILURE
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":

@@ -161,8 +161,8 @@ def write_world(root: Path, budget: DemoBudget) -> Path:
     datasets = {split: SyntheticDataset(split, size, data.seed, data.world)
                 for split, size in (("train", budget.train_frames), ("val", budget.val_frames))}
     manifest_path = root / "dataset.json"
-    if not manifest_path.is_file():  # written last: a simulation killed half-way is simply redone
-        write_dataset(root, datasets)
+    if not manifest_path.is_file():  # the demo's own folder: what an older, interrupted write left is replaced
+        write_dataset(root, datasets, overwrite=True)
     # Through JSON so that tuples compare equal to the lists they are stored as.
     wanted = json.loads(json.dumps({split: split_entry(dataset) for split, dataset in datasets.items()}))
     if wanted != json.loads(manifest_path.read_text(encoding="utf-8")).get("splits"):

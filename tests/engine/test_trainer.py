@@ -220,3 +220,40 @@ def test_a_torn_last_log_line_is_dropped_on_resume_and_a_damaged_log_is_named(tm
     log_path.write_text('{"kind": "train"\n' + complete)
     with pytest.raises(ValueError, match=r"log.jsonl: line 1 is not a JSON record"):
         read_log(log_path)
+
+
+def test_a_finished_run_extended_to_more_epochs_runs_a_new_cycle_over_them(tmp_path):
+    make_trainer(tmp_path, epochs=2).fit()
+    extended = make_trainer(tmp_path, epochs=4)
+    extended.resume(tmp_path / "last.pt")
+    result = extended.fit()
+    steps_per_epoch = extended.steps_per_epoch
+    assert result.epoch == 4 and result.step == 4 * steps_per_epoch
+    records = read_log(tmp_path / "log.jsonl", "train")
+    lrs = {r["step"]: r["lr"] for r in records}
+    added = [lrs[step] for step in sorted(lrs) if step > 2 * steps_per_epoch]
+    # A second warm-up and anneal over the added epochs, from the first cycle's last learning rate.
+    peak = max(range(len(added)), key=added.__getitem__)
+    assert 0 < peak < len(added) - 1 and added[peak] == pytest.approx(1e-2, rel=0.05)
+    assert added[-1] < added[0] < added[peak]
+    assert lrs[2 * steps_per_epoch] < added[0]
+    assert [r["epoch"] for r in read_log(tmp_path / "log.jsonl", "eval")] == [1, 2, 3, 4]
+
+
+def test_a_run_killed_while_extended_resumes_like_an_uninterrupted_extension(tmp_path):
+    straight, crashed = tmp_path / "straight", tmp_path / "crashed"
+    for folder in (straight, crashed):
+        make_trainer(folder, epochs=2).fit()
+    trainer = make_trainer(straight, epochs=4)
+    trainer.resume(straight / "last.pt")
+    trainer.fit()
+    # The extension's trainee counts its calls from 0: killed in its 7th step, after the checkpoint of step 16.
+    with pytest.raises(RuntimeError, match="killed"):
+        trainer = make_trainer(crashed, epochs=4, trainee_factory=lambda: _ActionAt(7, _killed))
+        trainer.resume(crashed / "last.pt")
+        trainer.fit()
+    assert load_checkpoint(crashed / "last.pt")["cycle_start"] == 12
+    resumed = make_trainer(crashed, epochs=4)
+    resumed.resume(crashed / "last.pt")
+    resumed.fit()
+    assert losses(crashed) == losses(straight)

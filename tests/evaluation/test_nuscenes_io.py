@@ -41,7 +41,8 @@ def _write(tmp_path: Path, payload, name: str = "results.json") -> Path:
 
 @pytest.mark.parametrize("box, message", [
     ({k: v for k, v in _box().items() if k != "size"}, r"results.json\['s1'\]\[0\]: missing field 'size'"),
-    (_box(detection_name="van"), r"\[0\]: field 'detection_name' is 'van'; valid names: \['car', 'truck'"),
+    (_box(detection_name="van"),
+     r"1 of 2 boxes have a detection_name .* \['van'\] \(the first: \['s1'\]\[0\]\); its classes: \['car', 'truck'"),
     (_box(translation=[1.0, float("nan"), 0.0]), r"\[0\]: field 'translation' holds NaN"),
     (_box(rotation=[1.0, 0.0, 0.0]), r"field 'rotation' must be a list of 4 numbers"),
     (_box(size=[1.0, 0.0, 1.0]), r"field 'size' must be positive"),

@@ -44,7 +44,29 @@ def load_yaml(path: str | os.PathLike) -> dict:
         return {}
     if not isinstance(content, dict):
         raise ConfigError(f"{path}: top level must be a mapping, got {type(content).__name__}")
+    _check_expanded_size(content, str(path))
     return content
+
+
+#: More values than any real config holds; a file of nested aliases ("billion laughs") exceeds it in a few lines.
+MAX_CONFIG_VALUES = 100_000
+
+
+def _check_expanded_size(content: object, source: str) -> None:
+    """Refuse YAML whose aliases expand beyond :data:`MAX_CONFIG_VALUES` values: PyYAML shares an aliased
+    node, but merging copies every reference, which takes minutes and gigabytes. Stops counting at the limit."""
+    pending, count = [content], 0
+    while pending:
+        item = pending.pop()
+        count += 1
+        if count > MAX_CONFIG_VALUES:
+            raise ConfigError(f"{source}: expands to more than {MAX_CONFIG_VALUES:,} values (nested aliases?); "
+                              "refused")
+        if isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
 
 
 def build_config(
@@ -61,13 +83,25 @@ def build_config(
     for override in overrides:
         if "=" not in override:
             raise ConfigError(f"--set {override!r}: expected key.path=value")
-        merged = _merge(merged, OmegaConf.from_dotlist([override]), source=f"--set {override}")
+        merged = _merge(merged, _parse_override(override), source=f"--set {override}")
     try:
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as error:
         raise ConfigError(f"config: {_describe(error)}") from None
     except ValueError as error:  # a dataclass's own check of its values
         raise ConfigError(f"config: {error}") from None
+
+
+def _parse_override(override: str):
+    key, value = override.split("=", 1)
+    source = f"--set {override}"
+    try:
+        _check_expanded_size(yaml.safe_load(value), source)
+        return OmegaConf.from_dotlist([override])
+    except yaml.YAMLError as error:
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ConfigError(f"{source}: the value of {key} is not valid YAML ({problem}); quote it to pass a "
+                          "string with brackets, braces or a colon") from None
 
 
 def config_from_dict(schema: type[Schema], values: dict, source: str) -> Schema:

@@ -15,7 +15,7 @@ from rdd3d.data.synthetic.config import WorldConfig
 from rdd3d.data.transforms import AugmentationConfig
 from rdd3d.distill.methods import DistillConfig
 from rdd3d.engine.trainer import OptimConfig, TrainerConfig
-from rdd3d.models.presets import preset_config
+from rdd3d.models.presets import list_datasets, preset_config
 
 
 @dataclass
@@ -85,6 +85,13 @@ class RunConfig:
     def __post_init__(self) -> None:
         require(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "device",
                 "auto, cpu, cuda or cuda:N", self.device)
+        require(self.data.dataset in list_datasets(), "data.dataset", f"one of {list_datasets()}", self.data.dataset)
+        # Checked now, not when the first evaluation after hours of training looks the metric up.
+        from rdd3d.engine.datasets import summary_metric_names
+
+        names = summary_metric_names(self.data)
+        require(self.trainer.best_metric in names, "trainer.best_metric",
+                f"a metric of data.dataset={self.data.dataset!r}: one of {list(names)}", self.trainer.best_metric)
         # The detector is checked with the config, not when the model is built after the data has loaded.
         try:
             preset_config(self.model.preset, self.data.dataset, **self.model.overrides)

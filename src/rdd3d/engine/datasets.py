@@ -14,14 +14,13 @@ from typing import Any, Mapping, Sequence
 from rdd3d.data.collate import CachedFrames
 from rdd3d.core.types import Frame
 from rdd3d.engine.config import DataConfig
-
-DATASETS = ("synthetic", "nuscenes", "kitti")
+from rdd3d.models.presets import list_datasets
 
 
 def build_datasets(data: DataConfig) -> tuple[Any, Any]:
     """The train and val splits ``data`` names (cached in memory when ``data.cache_in_memory``)."""
-    if data.dataset not in DATASETS:
-        raise ValueError(f"data.dataset={data.dataset!r}: expected one of {DATASETS}")
+    if data.dataset not in list_datasets():
+        raise ValueError(f"data.dataset={data.dataset!r}: expected one of {list_datasets()}")
     if data.dataset != "synthetic" and not data.root:
         raise ValueError(f"data.root is empty: data.dataset={data.dataset!r} needs the dataset's folder")
     if data.dataset == "synthetic":
@@ -90,6 +89,23 @@ def summary_metrics(dataset, result) -> dict[str, float]:
     values.update({f"err/{name}": value for name, value in result.tp_errors.items()})
     values.update({f"AP/{name}": value for name, value in result.mean_dist_aps.items()})
     return values
+
+
+def summary_metric_names(data: DataConfig) -> tuple[str, ...]:
+    """The keys :func:`summary_metrics` gives for ``data.dataset`` (e.g. the names ``trainer.best_metric`` may
+    take), known from the config alone: each dataset's class table is fixed (the synthetic world's, the
+    nuScenes detection classes, KITTI's Car, Pedestrian and Cyclist)."""
+    if data.dataset == "kitti":
+        from rdd3d.data.kitti.dataset import DEFAULT_CLASSES
+
+        return ("mAP", *(f"{kind}/{name}" for kind in ("AP", "AP_bev") for name in DEFAULT_CLASSES))
+    if data.dataset == "nuscenes":
+        from rdd3d.data.nuscenes.dataset import DEFAULT_CLASSES as classes
+    else:
+        from rdd3d.data.synthetic.catalog import CLASS_NAMES as classes
+    from rdd3d.evaluation.nuscenes_metrics import TP_METRICS
+
+    return ("mAP", "NDS", *(f"err/{name}" for name in TP_METRICS), *(f"AP/{name}" for name in classes))
 
 
 def write_predictions(data: DataConfig, dataset, frames: Sequence[Frame], detections: Sequence,

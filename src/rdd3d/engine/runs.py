@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -27,10 +28,12 @@ from rdd3d.engine.distributed import (
 )
 from rdd3d.engine.trainer import Trainer, TrainingResult, seed_everything
 from rdd3d.models.init_from_teacher import init_student_from_teacher
-from rdd3d.models.presets import build_detector
+from rdd3d.models.presets import build_detector, teacher_of
 
 #: Where the trained detector's weights sit inside each kind of trainee's state dict.
 DETECTOR_PREFIXES = ("detector.", "student.")
+
+log = logging.getLogger(__name__)
 
 
 def build_model(config: RunConfig) -> nn.Module:
@@ -48,7 +51,27 @@ def distill_student(config: RunConfig, resume: str | None = None) -> TrainingRes
         return train_detector(config, resume)
     if not config.distill.teacher_checkpoint:
         raise ValueError("distill.teacher_checkpoint is empty: give the teacher's checkpoint (--teacher)")
+    check_teacher(config)
     return _run(config, resume, lambda context: distillation_trainee(config, context.device))
+
+
+def check_teacher(config: RunConfig) -> None:
+    """Before any data loads: the teacher checkpoint holds a detector of the student's dataset (exit 2
+    otherwise). A teacher of another family than the student's preset is allowed and said: the methods pair the
+    two models through their own grids, but the paper and the presets' defaults assume one family."""
+    path = config.distill.teacher_checkpoint
+    state = load_checkpoint(path)
+    if "config" not in state or "model" not in state:
+        raise CheckpointError(f"{path}: not a training checkpoint of rdd3d (no 'config'/'model' entries)")
+    teacher = config_from_dict(RunConfig, state["config"], source=f"{path} (stored config)")
+    if teacher.data.dataset != config.data.dataset:
+        raise ConfigError(f"distill.teacher_checkpoint {path}: the teacher was trained on "
+                          f"data.dataset={teacher.data.dataset!r}, the student trains on {config.data.dataset!r}")
+    student_family, teacher_family = teacher_of(config.model.preset), teacher_of(teacher.model.preset)
+    if teacher_family != student_family:
+        log.warning("teacher %s is a %s (%s family); the student %s belongs to the %s family, whose teacher the "
+                    "presets and docs/distillation.md assume: a cross-family pair", path, teacher.model.preset,
+                    teacher_family, config.model.preset, student_family)
 
 
 def distillation_trainee(config: RunConfig, device) -> Distiller:
@@ -61,10 +84,7 @@ def distillation_trainee(config: RunConfig, device) -> Distiller:
     """
     student = build_model(config)
     with torch.random.fork_rng(devices=[]):
-        teacher, teacher_config = detector_from_checkpoint(config.distill.teacher_checkpoint, device)
-        if teacher_config.data.dataset != config.data.dataset:
-            raise ValueError(f"teacher {config.distill.teacher_checkpoint} was trained on "
-                             f"{teacher_config.data.dataset!r}, the student trains on {config.data.dataset!r}")
+        teacher, _ = detector_from_checkpoint(config.distill.teacher_checkpoint, device)
         if config.distill.init_from_teacher:
             init_student_from_teacher(student, teacher.state_dict())
         losses = build_method(config.distill, student.backbone_2d.out_channels, teacher.backbone_2d.out_channels)
@@ -174,12 +194,23 @@ RESUMABLE_CHANGES = ("output_dir", "device", "trainer.log_interval", "trainer.ch
 def check_resumable(checkpoint: Path, config: RunConfig) -> None:
     """Refuse to resume ``checkpoint`` under a config that would train something else: the optimiser and the
     one-cycle schedule continue as they were built, so a new ``optim.lr`` or ``trainer.epochs`` would be
-    written into the run's config while the run went on with the old ones."""
+    written into the run's config while the run went on with the old ones. The one exception: more
+    ``trainer.epochs`` extend a run that has finished (the trainer starts a new schedule for them)."""
     if not checkpoint.is_file():
         return  # the trainer's own error names the missing file
-    differences = [difference for difference in
-                   stored_config_differences(load_checkpoint(checkpoint), config, source=str(checkpoint))
+    state = load_checkpoint(checkpoint)
+    differences = [difference for difference in stored_config_differences(state, config, source=str(checkpoint))
                    if difference.split(":", 1)[0] not in RESUMABLE_CHANGES]
+    if any(difference.startswith("trainer.epochs:") for difference in differences):
+        stored_epochs = int(state.get("config", {}).get("trainer", {}).get("epochs", -1))
+        finished = state["epoch"] == stored_epochs and not state.get("evaluation_pending", False)
+        if not finished or config.trainer.epochs < stored_epochs:
+            raise ConfigError(
+                f"--resume {checkpoint}: trainer.epochs {stored_epochs} -> {config.trainer.epochs}: only a finished "
+                f"run can be extended, to more epochs (this checkpoint is at epoch {state['epoch']}"
+                f"{', its evaluation pending' if state.get('evaluation_pending') else ''}); resume it unchanged "
+                "first, then extend it")
+        differences = [d for d in differences if not d.startswith("trainer.epochs:")]
     if differences:
         raise ConfigError(f"--resume {checkpoint}: the run was configured otherwise ({'; '.join(differences[:5])}"
                           f"{'; ...' if len(differences) > 5 else ''}); a resumed run continues as it was "

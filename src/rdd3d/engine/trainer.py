@@ -174,11 +174,9 @@ class Trainer:
             parameters, lr=optim.lr / optim.div_factor, betas=(optim.momentum_high, optim.beta2),
             weight_decay=optim.weight_decay,
         )
-        self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            self.optimizer, max_lr=optim.lr, total_steps=self.total_steps, pct_start=optim.pct_start,
-            div_factor=optim.div_factor, final_div_factor=optim.final_div_factor, anneal_strategy="cos",
-            cycle_momentum=True, base_momentum=optim.momentum_low, max_momentum=optim.momentum_high,
-        )
+        self.optim = optim
+        self.cycle_start = 0  # the step the learning-rate cycle began at: 0, or where a finished run was extended
+        self.scheduler = self._one_cycle(self.total_steps)
         self.grad_clip_norm = optim.grad_clip_norm
         self.threads = ThreadGovernor() if config.adaptive_threads and context.device.type == "cpu" else None
         self.scaler = torch.amp.GradScaler("cuda", enabled=config.amp)
@@ -194,12 +192,21 @@ class Trainer:
         self._terminated = False  # SIGTERM arrived during fit()
         self.last_metrics: dict[str, float] = {}
 
+    def _one_cycle(self, steps: int) -> torch.optim.lr_scheduler.OneCycleLR:
+        optim = self.optim
+        return torch.optim.lr_scheduler.OneCycleLR(
+            self.optimizer, max_lr=optim.lr, total_steps=steps, pct_start=optim.pct_start,
+            div_factor=optim.div_factor, final_div_factor=optim.final_div_factor, anneal_strategy="cos",
+            cycle_momentum=True, base_momentum=optim.momentum_low, max_momentum=optim.momentum_high,
+        )
+
     # ----------------------------------------------------------------- checkpoints
     def state(self) -> dict:
         return {
             "model": self.trainee.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
+            "cycle_start": self.cycle_start,
             "scaler": self.scaler.state_dict(),
             "step": self.step,
             "epoch": self.epoch,
@@ -233,12 +240,27 @@ class Trainer:
         return f"the last good checkpoint is {path}" if path.is_file() else "and no checkpoint had been written yet"
 
     def resume(self, path: str | Path) -> None:
+        """Continue from a checkpoint. One written at the end of a run with fewer epochs than
+        ``config.epochs`` is extended: the optimiser's state carries on, and a new one-cycle schedule of the
+        same settings runs over the added epochs (a warm restart from the annealed weights)."""
         state = load_checkpoint(path, map_location=self.context.device)
         load_model_state(self.trainee, state["model"], source=str(path))
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
         self.step, self.epoch, self.step_in_epoch = state["step"], state["epoch"], state["step_in_epoch"]
+        self.cycle_start = state.get("cycle_start", 0)
+        # Building a schedule sets the optimiser's learning rate and momentum: the saved ones are loaded after.
+        if self.cycle_start:
+            self.scheduler = self._one_cycle(self.total_steps - self.cycle_start)
+        self.optimizer.load_state_dict(state["optimizer"])
+        finished_cycle = state["scheduler"]["total_steps"] == self.step - self.cycle_start
+        if finished_cycle and self.step < self.total_steps:
+            self.cycle_start = self.step
+            self.scheduler = self._one_cycle(self.total_steps - self.step)
+            log.info("extending the finished run %s: epochs %d -> %d; a new one-cycle schedule over steps %d-%d "
+                     "(lr up to %g)", path, self.epoch, self.config.epochs, self.step, self.total_steps,
+                     self.optim.lr)
+        else:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
         self.best_value = state["best_value"]
         self.evaluation_pending = bool(state.get("evaluation_pending", False))
         rng = state["rng"]

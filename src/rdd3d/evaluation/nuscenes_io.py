@@ -65,7 +65,18 @@ def boxes_from_results(results: Any, config: MetricConfig, *, ground_truth: bool
     table = _columns_or_none(results, records, required, config)
     if table is not None:
         return table
-    # The fast path saw something wrong: find the first bad box and name it.
+    # The fast path saw something wrong. Names of another class table (results of another dataset) are
+    # reported as a whole; otherwise the first bad box is named.
+    names = [r.get("detection_name") for r in records if isinstance(r, dict)]
+    unknown = sorted({name for name in names if isinstance(name, str) and name not in config.class_names})
+    if unknown:
+        count = sum(name in unknown for name in names)
+        token, index = next((token, index) for token, boxes in results.items() for index, box in enumerate(boxes)
+                            if isinstance(box, dict) and box.get("detection_name") in unknown)
+        raise ValueError(f"{source}: {count} of {len(records)} boxes have a detection_name that is not a class of "
+                         f"this evaluation: {unknown} (the first: [{token!r}][{index}]); its classes: "
+                         f"{list(config.class_names)}. Were the results made for another dataset than the ground "
+                         "truth?")
     for token, boxes in results.items():
         for index, box in enumerate(boxes):
             _check_box(box, token, f"{source}[{token!r}][{index}]", required, config)
@@ -182,6 +193,9 @@ def _read_results_json(path: str | os.PathLike, what: str) -> dict:
         raise FileNotFoundError(f"{what} file {path} does not exist")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: not UTF-8 text (byte {error.object[error.start]:#04x} at offset {error.start}); "
+                         f"a {what} file is JSON in UTF-8") from None
     except json.JSONDecodeError as error:
         raise ValueError(f"{path}: malformed JSON at line {error.lineno} column {error.colno}: {error.msg}") from None
     if not isinstance(data, dict) or "results" not in data:

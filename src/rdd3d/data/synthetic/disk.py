@@ -7,8 +7,8 @@ Layout (docs/synthetic-world.md)::
     root/points/<frame_id>.bin   raw little-endian float32 rows (x, y, z, intensity, time_lag)
     root/labels/<frame_id>.txt   one box per line: class x y z dx dy dz yaw vx vy num_points
 
-Every file is written atomically and dataset.json last, so a dataset.json always describes
-complete frames. Floats are written as the shortest decimal of their float64 value, so
+A dataset is written into a staging folder beside ``root`` (``.<name>.partial``) and renamed into place
+when complete: an interrupted write leaves ``root`` as it was, and the next write starts afresh. Floats are written as the shortest decimal of their float64 value, so
 float32 values read back bit for bit.
 """
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Mapping
 
@@ -39,19 +40,32 @@ class DatasetFormatError(ValueError):
     """A dataset directory or label file that does not follow the documented layout."""
 
 
-def write_dataset(root: str | os.PathLike, datasets: Mapping[str, SyntheticDataset], progress: bool = True) -> Path:
-    """Write every frame of every split under ``root``; returns the path of dataset.json."""
+def write_dataset(root: str | os.PathLike, datasets: Mapping[str, SyntheticDataset], progress: bool = True,
+                  overwrite: bool = False) -> Path:
+    """Write every frame of every split under ``root``; returns the path of dataset.json.
+
+    ``root`` must be absent or empty unless ``overwrite``, which replaces it once the new dataset is complete:
+    frames of two worlds never mix under one dataset.json."""
     root = Path(root)
     class_names = {tuple(d.classes.names) for d in datasets.values()}
     if len(class_names) > 1:
         raise ValueError(f"write_dataset: splits disagree on their classes: {sorted(class_names)}")
+    occupied = root.exists() and (not root.is_dir() or any(root.iterdir()))
+    if occupied and not overwrite:
+        raise FileExistsError(f"{root}: exists and is not empty; write the dataset elsewhere or replace it "
+                              "(overwrite, `rdd3d simulate --overwrite`)")
+    if occupied and not root.is_dir():
+        raise FileExistsError(f"{root}: is a file, not a dataset folder; not replaced")
+    staging = root.parent / f".{root.name}.partial"
+    if staging.exists():  # left by a write that was killed
+        shutil.rmtree(staging)
     total = sum(len(d) for d in datasets.values())
     with tqdm(total=total, desc=f"writing {root}", unit="frame", disable=not progress) as bar:
         for dataset in datasets.values():
             for index in range(len(dataset)):
                 frame = dataset[index]
-                write_points(root / "points" / f"{frame.frame_id}.bin", frame.points)
-                _write_labels(root / "labels" / f"{frame.frame_id}.txt", frame)
+                write_points(staging / "points" / f"{frame.frame_id}.bin", frame.points)
+                _write_labels(staging / "labels" / f"{frame.frame_id}.txt", frame)
                 bar.update()
     manifest = {
         "format": FORMAT,
@@ -61,8 +75,20 @@ def write_dataset(root: str | os.PathLike, datasets: Mapping[str, SyntheticDatas
         "class_ranges": CLASS_RANGES,
         "splits": {split: split_entry(d) for split, d in datasets.items()},
     }
-    write_json(root / "dataset.json", manifest)
+    write_json(staging / "dataset.json", manifest)
+    _replace_folder(root, staging)
     return root / "dataset.json"
+
+
+def _replace_folder(root: Path, complete: Path) -> None:
+    replaced = root.parent / f".{root.name}.replaced"
+    if replaced.exists():
+        shutil.rmtree(replaced)
+    if root.exists():
+        root.rename(replaced)
+    complete.rename(root)
+    if replaced.exists():
+        shutil.rmtree(replaced)
 
 
 def split_entry(dataset: SyntheticDataset) -> dict:
@@ -72,11 +98,11 @@ def split_entry(dataset: SyntheticDataset) -> dict:
 
 
 def simulate(root: str | os.PathLike, train_size: int, val_size: int, seed: int = 0,
-             config: WorldConfig = WorldConfig(), progress: bool = True) -> Path:
+             config: WorldConfig = WorldConfig(), progress: bool = True, overwrite: bool = False) -> Path:
     """Generate a train and a val split of the synthetic world and write them under ``root``."""
     datasets = {split: SyntheticDataset(split, size, seed, config)
                 for split, size in (("train", train_size), ("val", val_size))}
-    return write_dataset(root, datasets, progress)
+    return write_dataset(root, datasets, progress, overwrite)
 
 
 def _write_labels(path: Path, frame: Frame) -> None:
