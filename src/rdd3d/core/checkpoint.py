@@ -48,10 +48,26 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # torch raises many types for corrupt or disallowed content
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(error).__name__}: {error})") from None
+        raise CheckpointError(_unreadable(path, error)) from None
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: expected a dict checkpoint, got {type(state).__name__}")
     return state
+
+
+def _unreadable(path: Path, error: Exception) -> str:
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):  # torch.save's zip archive, or a pickle
+        return f"{path}: not a PyTorch checkpoint (neither a torch.save archive nor a pickle; it starts with {head!r})"
+    text = str(error)
+    if text.startswith("Weights only load failed"):
+        # torch's message is paragraphs on its defaults and its docs around the one line that gives the reason
+        reason = " ".join(line.strip() for line in text.splitlines()[1:]
+                          if line.strip() and not line.startswith(("Check the documentation", "Please file an issue")))
+        return (f"{path}: refused: it holds more than tensors and plain containers ({reason}); rdd3d loads "
+                "checkpoints with weights_only=True, which never runs code from a file")
+    first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return f"{path}: not a readable checkpoint ({type(error).__name__}: {first_line})"
 
 
 def describe_state_mismatch(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> list[str]:

@@ -95,6 +95,8 @@ def _run(config: RunConfig, resume: str | None, make_trainee: Callable[[Distribu
     last = Path(config.output_dir) / Trainer.LAST
     checkpoint = None if resume is None else (last if resume == "last" else Path(resume))
     if checkpoint is not None:
+        if not checkpoint.is_file():
+            raise CheckpointError(f"--resume {checkpoint}: checkpoint not found")
         check_resumable(checkpoint, config)  # before anything is loaded or config.yaml rewritten
     context = init_distributed(config.device)
     trainee = None
@@ -196,8 +198,6 @@ def check_resumable(checkpoint: Path, config: RunConfig) -> None:
     one-cycle schedule continue as they were built, so a new ``optim.lr`` or ``trainer.epochs`` would be
     written into the run's config while the run went on with the old ones. The one exception: more
     ``trainer.epochs`` extend a run that has finished (the trainer starts a new schedule for them)."""
-    if not checkpoint.is_file():
-        return  # the trainer's own error names the missing file
     state = load_checkpoint(checkpoint)
     differences = [difference for difference in stored_config_differences(state, config, source=str(checkpoint))
                    if difference.split(":", 1)[0] not in RESUMABLE_CHANGES]
