@@ -41,7 +41,7 @@ def test_synthetic_splits_are_cached_and_keep_their_metric():
 
 
 def test_synthetic_ground_truth_scores_full_marks_and_exports_a_readable_submission(tmp_path):
-    data = DataConfig(train_size=0, val_size=3, world=SMALL_WORLD)
+    data = DataConfig(train_size=1, val_size=3, world=SMALL_WORLD)
     _, val = build_datasets(data)
     frames = [val[i] for i in range(len(val))]
     detections = _ground_truth_as_detections(frames)

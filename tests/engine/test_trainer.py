@@ -3,6 +3,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -257,3 +258,49 @@ def test_a_run_killed_while_extended_resumes_like_an_uninterrupted_extension(tmp
     resumed.resume(crashed / "last.pt")
     resumed.fit()
     assert losses(crashed) == losses(straight)
+
+
+KILLABLE_RUN = Path(__file__).parent / "killable_toy_run.py"
+
+
+def _run_toy(out: Path, pause_at: str = "") -> None:
+    """Run the toy training in a process; with ``pause_at``, SIGKILL it where it pauses."""
+    command = [sys.executable, str(KILLABLE_RUN), str(out), *(["--pause-at", pause_at] if pause_at else [])]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"})
+    if not pause_at:
+        _, errors = process.communicate(timeout=120)
+        assert process.returncode == 0, errors
+        return
+    deadline = time.monotonic() + 120
+    while not (out / "paused").exists():
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()[1]
+        time.sleep(0.05)
+    process.kill()
+    process.wait()
+    (out / "paused").unlink()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("pause_at", ["evaluation:2", "checkpoint-write:3", "checkpoint-write:5"])
+def test_sigkill_during_an_evaluation_or_a_checkpoint_write_then_resume_matches_an_uninterrupted_run(
+        tmp_path, pause_at):
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    straight.mkdir(), killed.mkdir()
+    _run_toy(straight)
+    _run_toy(killed, pause_at)
+    if pause_at.startswith("checkpoint-write"):
+        assert list(killed.glob(".*.pt.*.tmp")), "the kill should leave a half-written temp file"
+    _run_toy(killed)  # resumes from the last.pt the kill left
+    assert not list(killed.glob(".*.tmp"))
+
+    def records(run):  # everything but the wall-clock throughput
+        return [{key: value for key, value in record.items() if key != "frames_per_s"}
+                for record in read_log(run / "log.jsonl")]
+
+    assert records(killed) == records(straight)
+    for name in ("last.pt", "best.pt"):
+        a, b = load_checkpoint(straight / name), load_checkpoint(killed / name)
+        assert a["step"] == b["step"]
+        for key in a["model"]:
+            torch.testing.assert_close(a["model"][key], b["model"][key], rtol=0, atol=0)

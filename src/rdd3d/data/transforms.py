@@ -7,11 +7,13 @@ Randomness comes from an explicit ``np.random.Generator`` so that a run is repro
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
 
+from rdd3d.core.config_loading import require
 from rdd3d.data.gt_sampling import GTSamplingConfig
 from rdd3d.core.types import Frame
 
@@ -103,6 +105,13 @@ class AugmentationConfig:
     rotation_range: tuple[float, float] = (-0.785398, 0.785398)  # radians
     scale_range: tuple[float, float] = (0.95, 1.05)
     shuffle: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("rotation_range", "scale_range"):
+            low, high = getattr(self, name)
+            require(math.isfinite(low) and math.isfinite(high) and low <= high, f"data.augmentation.{name}",
+                    "[low, high] with finite low <= high (equal: off)", [low, high])
+        require(self.scale_range[0] > 0, "data.augmentation.scale_range", "positive", list(self.scale_range))
 
 
 def augment(frame: Frame, config: AugmentationConfig, rng: np.random.Generator) -> Frame:

@@ -28,6 +28,10 @@ class NuScenesDataConfig:
     use_cbgs: bool = True  # class-balanced grouping and sampling of the training samples
     load_interval: int = 1  # keep every k-th training sample
 
+    def __post_init__(self) -> None:
+        require(self.max_sweeps >= 1, "data.nuscenes.max_sweeps", ">= 1 (the keyframe counts)", self.max_sweeps)
+        require(self.load_interval >= 1, "data.nuscenes.load_interval", ">= 1", self.load_interval)
+
 
 @dataclass
 class KittiDataConfig:
@@ -56,6 +60,12 @@ class DataConfig:
     kitti: KittiDataConfig = field(default_factory=KittiDataConfig)
     augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
 
+    def __post_init__(self) -> None:
+        require(self.on_missing in ("error", "skip"), "data.on_missing", "'error' or 'skip'", self.on_missing)
+        for name in ("train_size", "val_size"):
+            require(getattr(self, name) >= 1, f"data.{name}", ">= 1", getattr(self, name))
+        require(self.seed >= 0, "data.seed", ">= 0", self.seed)
+
 
 @dataclass
 class ModelConfig:
@@ -69,6 +79,10 @@ class ModelConfig:
 class EvalConfig:
     max_frames: int = 0  # evaluate on the first N validation frames; 0 = all
     batch_size: int = 4
+
+    def __post_init__(self) -> None:
+        require(self.max_frames >= 0, "eval.max_frames", ">= 0 (0: all)", self.max_frames)
+        require(self.batch_size >= 1, "eval.batch_size", ">= 1", self.batch_size)
 
 
 @dataclass

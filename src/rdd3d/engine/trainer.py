@@ -90,6 +90,7 @@ class TrainerConfig:
             value = getattr(self, name)
             require(value >= least, f"trainer.{name}", f">= {least}", value)
         require(self.best_mode in ("max", "min"), "trainer.best_mode", "'max' or 'min'", self.best_mode)
+        require(self.seed >= 0, "trainer.seed", ">= 0", self.seed)
 
 
 class TrainingDivergedError(RuntimeError):
