@@ -16,7 +16,7 @@ from torch import nn
 from rdd3d.cli import main
 from rdd3d.data.gt_sampling import build_gt_database
 from rdd3d.distill.baselines import PPLogitConfig
-from rdd3d.distill.methods import METHODS, build_method
+from rdd3d.distill.methods import METHOD_NAMES, build_method
 from rdd3d.engine.config import RunConfig, load_run_config
 from rdd3d.core.config_loading import ConfigError
 from rdd3d.engine.run_logging import read_log
@@ -34,7 +34,7 @@ CENTERPOINT_PRESETS = ("cp-voxel", "cp-voxel-s", "cp-voxel-xs", "cp-voxel-xxs",
 TABLE4_PRESETS = ("second", "second-s", "second-xs", "pointpillars", "pointpillars-s", "pointpillars-xs")
 ROWS: dict[str, tuple[str, ...]] = {"nuscenes": CENTERPOINT_PRESETS, "kitti": CENTERPOINT_PRESETS + TABLE4_PRESETS}
 DATASET_ROWS = [(dataset, preset) for dataset, presets in ROWS.items() for preset in presets]
-DISTILL_METHODS = tuple(method for method in METHODS if method != "none")
+DISTILL_METHODS = tuple(method for method in METHOD_NAMES if method != "none")
 
 
 def students(dataset: str) -> tuple[str, ...]:

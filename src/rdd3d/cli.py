@@ -161,7 +161,7 @@ def _print_result(result) -> None:
 
 # ----------------------------------------------------------------------------- distill
 def _add_distill(commands) -> None:
-    from rdd3d.distill.methods import METHODS
+    from rdd3d.distill.methods import METHOD_NAMES
 
     parser = commands.add_parser(
         "distill", help="train a student preset from a trained teacher with RDD or a baseline",
@@ -171,7 +171,7 @@ def _add_distill(commands) -> None:
     )
     parser.add_argument("--teacher", required=True, type=Path, help="teacher checkpoint from `rdd3d train`")
     parser.add_argument("--student", required=True, help="student preset, e.g. cp-voxel-xxs")
-    parser.add_argument("--method", required=True, choices=METHODS)
+    parser.add_argument("--method", required=True, choices=METHOD_NAMES)
     _add_run_arguments(parser)
     parser.set_defaults(handler=_run_distill)
 

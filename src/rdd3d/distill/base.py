@@ -8,6 +8,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from rdd3d.core.registry import Registry
 from rdd3d.data.collate import DetectionBatch
 from rdd3d.core.types import Detections
 from rdd3d.models.heads.targets import BEVGrid
@@ -85,6 +86,12 @@ class DistillLoss(nn.Module):
     adds them to the student's detection loss.
     """
 
+    @classmethod
+    def from_config(cls, config: Any, student_channels: int, teacher_channels: int) -> "DistillLoss":
+        """The loss for its options ``config``; the channel counts are those of the student's and the teacher's
+        BEV maps, which a method with an adapter ψ overrides this to use."""
+        return cls(config)
+
     def forward(self, step: DistillStep) -> dict[str, Tensor]:  # pragma: no cover - interface
         raise NotImplementedError
 
@@ -92,6 +99,24 @@ class DistillLoss(nn.Module):
         """Label-assignment methods (LAD) return the targets the student's detection loss should use
         instead of the ground truth; every other method returns ``None``."""
         return None
+
+
+@dataclass(frozen=True)
+class Method:
+    """A distillation method as configs and the command line name it (``distill.method``)."""
+
+    name: str  # e.g. "gid-l"
+    config: type  # its options dataclass, read from the config block ``distill.<block>``
+    loss: type[DistillLoss]
+
+    @property
+    def block(self) -> str:
+        """The field of the run config's ``distill`` section holding this method's options."""
+        return self.name.replace("-", "_")
+
+
+#: Every distillation method, each registered at the end of the module that defines its loss.
+METHODS: Registry[Method] = Registry("distillation method")
 
 
 def adapter(in_channels: int, out_channels: int) -> nn.Module:

@@ -1,8 +1,10 @@
 """The distiller: a frozen teacher, a training student, and a list of distillation losses.
 
 It is a trainee for :class:`rdd3d.engine.trainer.Trainer` (``forward(batch)`` -> loss terms). It
-wraps any detector that returns its output from ``forward(points)``, offers ``loss``/``decode`` and
-states its BEV geometry; intermediate maps come from taps (forward hooks), never from a subclass.
+wraps any :class:`~rdd3d.core.protocols.DistillableDetector`: called with ``model_input(batch)`` (by
+default the points; an OpenPCDet-style model takes a dict), it offers ``decode`` (and ``loss``, or a
+``detection_loss`` of one's own) and states its BEV geometry; intermediate maps come from taps (forward
+hooks), never from a subclass.
 
 The frozen teacher runs after the student, under ``torch.inference_mode`` and, by default, in reduced
 precision (``teacher_precision``: bf16 autocast on a CPU with native bf16, bf16 or fp16 on CUDA), with its
@@ -20,12 +22,13 @@ from __future__ import annotations
 
 import contextlib
 import weakref
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 from torch.utils._pytree import tree_map
 
+from rdd3d.core.protocols import DistillableDetector, missing_members
 from rdd3d.data.collate import DetectionBatch
 from rdd3d.distill.base import BEVGeometry, DetectionLoss, DistillLoss, DistillStep, ModelView
 from rdd3d.distill.precision import teacher_dtype
@@ -39,6 +42,11 @@ def _ordinary_float32(value: Any) -> Any:
     if not isinstance(value, Tensor):
         return value
     return value.float() if value.is_floating_point() and value.dtype != torch.float32 else value.clone()
+
+
+def points_of(batch: DetectionBatch) -> list[Tensor]:
+    """What a detector is called with by default: one ``(N_i, C)`` point tensor per sample."""
+    return batch.points
 
 
 def _remove_all(recorders: Sequence[TapRecorder]) -> None:
@@ -55,12 +63,19 @@ class Distiller(nn.Module):
         taps: Mapping[str, TapSpec] = DETECTOR_TAPS,
         detection_loss: DetectionLoss = detection_loss_terms,
         teacher_precision: str = "auto",
+        model_input: Callable[[DetectionBatch], Any] = points_of,
     ) -> None:
+        for role, model in (("teacher", teacher), ("student", student)):
+            missing = missing_members(model, DistillableDetector)
+            if missing:
+                raise TypeError(f"the {role} {type(model).__name__} lacks {missing}: a distilled detector offers "
+                                "rdd3d.core.protocols.DistillableDetector (docs/distillation.md)")
         super().__init__()
         self._held_teacher = (teacher,)  # a tuple: nn.Module does not register what it holds
         self.student = student
         self.losses = nn.ModuleList(losses)
         self.detection_loss = detection_loss
+        self.model_input = model_input
         teacher_dtype(teacher_precision, torch.device("cpu"))  # checks the name now, not at the first step
         self.teacher_precision = teacher_precision
         for parameter in self.teacher.parameters():
@@ -106,13 +121,13 @@ class Distiller(nn.Module):
         if not self._release_taps.alive:
             raise RuntimeError("this Distiller is closed: its taps are off the models")
         with shared_voxel_structure():
-            student_output = self.student(batch.points)
+            student_output = self.student(self.model_input(batch))
             student = ModelView(self.student, student_output, self._student_taps.take(), self._geometry[1])
             device = batch.points[0].device if batch.points else torch.device("cpu")
             dtype = teacher_dtype(self.teacher_precision, device)
             with torch.inference_mode(), (torch.autocast(device.type, dtype=dtype) if dtype is not None
                                           else contextlib.nullcontext()):
-                teacher_output = self.teacher(batch.points)
+                teacher_output = self.teacher(self.model_input(batch))
                 teacher_taps = self._teacher_taps.take()
         teacher_output, teacher_taps = tree_map(_ordinary_float32, (teacher_output, teacher_taps))
         teacher = ModelView(self.teacher, teacher_output, teacher_taps, self._geometry[0])

@@ -1,4 +1,4 @@
-"""Representation Disparity-aware Distillation (RDD; Li et al., ICCV 2023), as ``rdd-method.md`` fixes it.
+"""Representation Disparity-aware Distillation (RDD; Li et al., ICCV 2023), as ``docs/rdd-method.md`` fixes it.
 
 One step, for a teacher T and a student S (``[paper]`` the paper states it, ``[ours]`` our choice)::
 
@@ -16,7 +16,7 @@ One step, for a teacher T and a student S (``[paper]`` the paper states it, ``[o
                 anchor heads: sigmoid class scores + raw box deltas of the anchors centred in the box
 
 and the student's loss is ``L_det + α1·L_feat + α2·L_logit``. Details and the reasons for each
-``[ours]`` choice are in ``docs/distillation.md`` (section "RDD").
+``[ours]`` choice are in ``docs/rdd-method.md`` (§3-§10).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from rdd3d.distill.base import BEVGeometry, DistillLoss, DistillStep, adapter
+from rdd3d.distill.base import BEVGeometry, DistillLoss, DistillStep, METHODS, Method, adapter
 from rdd3d.distill.heads import ANCHOR, HEAD_TAP, anchor_pair, class_logit_maps, step_head_kind
 from rdd3d.distill.proposals import PROPOSAL_SOURCES, Proposals, peak_proposals, select_proposals
 from rdd3d.distill.regions import (
@@ -63,7 +63,7 @@ class RDDConfig:
     # l1: the paper's literal L1 norm (the sums)
     logit_norm: str = "mean"
     # [ours] anchor heads: weight of Eq. 9's box term against its class term (the paper adds them, 1.0); the
-    # raw box deltas of a short-trained student pull 30x harder than the class scores (docs/distillation.md)
+    # raw box deltas of a short-trained student pull 30x harder than the class scores (rdd-method.md §8)
     anchor_box_weight: float = 1.0
     use_feature: bool = True  # distil the student's BEV map (ablation: logit only)
     use_logit: bool = True  # distil the student's heatmaps (ablation: feature only)
@@ -143,6 +143,10 @@ class RDDLoss(DistillLoss):
     ``"rdd/adapter"`` trains ψ alone (on the detached map), so the disparities it measures stay
     meaningful. ``last_pairs`` holds the latest step's :class:`RegionPairs`.
     """
+
+    @classmethod
+    def from_config(cls, config: RDDConfig, student_channels: int, teacher_channels: int) -> "RDDLoss":
+        return cls(config, student_channels, teacher_channels)
 
     def __init__(self, config: RDDConfig, student_channels: int, teacher_channels: int) -> None:
         super().__init__()
@@ -294,3 +298,6 @@ class RDDLoss(DistillLoss):
 def _mean_squared_distance(student: Tensor, teacher: Tensor) -> Tensor:
     """(P, g², C) patches -> (P,): the squared difference summed over channels, averaged over the grid."""
     return (student - teacher).pow(2).sum(dim=-1).mean(dim=1)
+
+
+METHODS.register(Method("rdd", RDDConfig, RDDLoss))

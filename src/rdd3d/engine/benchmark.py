@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from rdd3d.core.types import Frame
-from rdd3d.distill.methods import METHODS
+from rdd3d.distill.methods import METHOD_NAMES
 from rdd3d.core.checkpoint import load_checkpoint
 from rdd3d.engine.config import RunConfig, load_run_config
 from rdd3d.core.config_loading import ConfigError, build_config
@@ -92,10 +92,10 @@ class BenchmarkPlan:
         problems = [f"pairs[{i}].{role} {name!r} is not a preset (known: {list(presets)})"
                     for i, pair in enumerate(self.pairs)
                     for role, name in (("teacher", pair.teacher), ("student", pair.student)) if name not in presets]
-        problems += [f"methods: {method!r} is not a method (known: {list(METHODS)})"
-                     for method in self.methods if method not in METHODS]
-        problems += [f"variants.{v.name}.method {v.method!r} is not a method (known: {list(METHODS)})"
-                     for v in self.variants if v.method not in METHODS]
+        problems += [f"methods: {method!r} is not a method (known: {list(METHOD_NAMES)})"
+                     for method in self.methods if method not in METHOD_NAMES]
+        problems += [f"variants.{v.name}.method {v.method!r} is not a method (known: {list(METHOD_NAMES)})"
+                     for v in self.variants if v.method not in METHOD_NAMES]
         names = [row.name for row in self.all_rows()]
         problems += [f"row name {name!r} must match {_ROW_NAME.pattern}" for name in names
                      if not _ROW_NAME.fullmatch(name)]

@@ -1,7 +1,7 @@
 """The datasets a run reads (``data.dataset``) and how each is scored and exported.
 
-Each dataset object has ``classes``, ``class_ranges`` and ``evaluation``: ``"nuscenes"`` (the synthetic
-world and nuScenes, mAP/NDS) or ``"kitti"`` (KITTI AP). Everything dataset-specific downstream of
+Each split is a :class:`~rdd3d.core.protocols.DetectionDataset`: frames with ``classes``, ``class_ranges``
+and ``evaluation``: ``"nuscenes"`` (the synthetic world and nuScenes, mAP/NDS) or ``"kitti"`` (KITTI AP). Everything dataset-specific downstream of
 the frames goes through :func:`evaluate`, :func:`summary_metrics` and :func:`write_predictions`.
 """
 
@@ -12,12 +12,13 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from rdd3d.data.collate import CachedFrames
+from rdd3d.core.protocols import DetectionDataset
 from rdd3d.core.types import Frame
 from rdd3d.engine.config import DataConfig
 from rdd3d.models.presets import list_datasets
 
 
-def build_datasets(data: DataConfig) -> tuple[Any, Any]:
+def build_datasets(data: DataConfig) -> tuple[DetectionDataset, DetectionDataset]:
     """The train and val splits ``data`` names (cached in memory when ``data.cache_in_memory``)."""
     if data.dataset not in list_datasets():
         raise ValueError(f"data.dataset={data.dataset!r}: expected one of {list_datasets()}")
@@ -66,7 +67,7 @@ def _kitti(data: DataConfig):
                  for split in (options.train_split, options.val_split))
 
 
-def evaluate(dataset, frames: Sequence[Frame], detections: Sequence) -> Any:
+def evaluate(dataset: DetectionDataset, frames: Sequence[Frame], detections: Sequence) -> Any:
     """The full result of ``dataset``'s metric (``NuScenesMetrics`` or ``KittiResult``: both have
     ``format_table()`` and ``to_dict()``)."""
     if dataset.evaluation == "kitti":
@@ -78,7 +79,7 @@ def evaluate(dataset, frames: Sequence[Frame], detections: Sequence) -> Any:
     return evaluate_frames(frames, detections, dataset.class_ranges)
 
 
-def summary_metrics(dataset, result) -> dict[str, float]:
+def summary_metrics(dataset: DetectionDataset, result) -> dict[str, float]:
     """The scalars logged and tabulated for a result of :func:`evaluate`; ``mAP`` is always there
     (KITTI: the mean moderate 3D AP R40 over the classes, as a fraction)."""
     if dataset.evaluation == "kitti":
@@ -108,7 +109,7 @@ def summary_metric_names(data: DataConfig) -> tuple[str, ...]:
     return ("mAP", "NDS", *(f"err/{name}" for name in TP_METRICS), *(f"AP/{name}" for name in classes))
 
 
-def write_predictions(data: DataConfig, dataset, frames: Sequence[Frame], detections: Sequence,
+def write_predictions(data: DataConfig, dataset: DetectionDataset, frames: Sequence[Frame], detections: Sequence,
                       path: str | os.PathLike, meta: Mapping | None = None) -> Path:
     """Write detections where the dataset's official tools read them: a nuScenes submission JSON in the
     global frame, a folder of KITTI result files, or (synthetic world) a submission-format JSON in the

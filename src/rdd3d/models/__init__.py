@@ -1,6 +1,12 @@
-"""Detector building blocks: encoders, sparse 3D backbones, BEV backbones and heads.
+"""Detectors: encoders, sparse 3D backbones, BEV backbones, heads, and the named presets.
 
-Submodules are imported where they are used; this package imports nothing heavy itself.
-Entry points: ``presets.build_detector`` (the named CenterPoint presets), ``detector.CenterPoint``,
-``complexity`` (parameters, MACs, ``flops_report``) and ``init_from_teacher``.
+Entry points: :func:`build_detector` and :func:`preset_config` (the presets of :func:`list_presets`),
+:class:`Detector` built from a :class:`DetectorConfig`, :mod:`.complexity` (parameters, MACs,
+``flops_report``) and :mod:`.init_from_teacher`.
 """
+
+from rdd3d.models.detector import Detector, DetectorConfig
+from rdd3d.models.presets import build_detector, list_datasets, list_presets, preset_config, teacher_of
+
+__all__ = ["Detector", "DetectorConfig", "build_detector", "list_datasets", "list_presets", "preset_config",
+           "teacher_of"]

@@ -201,10 +201,13 @@ def pillar_range(point_cloud_range: tuple[float, ...], pillar: float, multiple: 
     return tuple(fitted)
 
 
-def cp_pillar(setup: DatasetSetup, pillar: float, max_points_per_pillar: int) -> DetectorConfig:
-    """A CP-Pillar family member; ``pillar`` in metres at the paper's scale (teacher 0.32)."""
+def _pillar_family(setup: DatasetSetup, pillar: float, max_points_per_pillar: int, filters: tuple[int, ...],
+                   width_encoder: float, backbone_2d: BEVBackboneConfig, width_2d: float,
+                   head: CenterHeadConfig | AnchorHeadConfig) -> DetectorConfig:
+    """A pillar-family detector: ``pillar`` in metres at the paper's scale; the range fitted to a whole
+    number of the BEV backbone's blocks."""
     size = pillar * setup.pillar_scale
-    point_cloud_range = pillar_range(setup.point_cloud_range, size, math.prod(PILLAR_BEV.layer_strides))
+    point_cloud_range = pillar_range(setup.point_cloud_range, size, math.prod(backbone_2d.layer_strides))
     return DetectorConfig(
         classes=setup.classes,
         point_cloud_range=point_cloud_range,
@@ -214,10 +217,16 @@ def cp_pillar(setup: DatasetSetup, pillar: float, max_points_per_pillar: int) ->
         max_voxels_test=setup.max_pillars[1],
         point_columns=setup.point_columns,
         encoder="pillar",
-        pillar_filters=tuple(_scaled(c, setup.dense_width_scale) for c in PILLAR_FILTERS),
-        backbone_2d=dataclasses.replace(PILLAR_BEV, width=setup.dense_width_scale),
-        head=_head(setup, 64),
+        pillar_filters=tuple(_scaled(c, width_encoder * setup.dense_width_scale) for c in filters),
+        backbone_2d=dataclasses.replace(backbone_2d, width=width_2d * setup.dense_width_scale),
+        head=head,
     )
+
+
+def cp_pillar(setup: DatasetSetup, pillar: float, max_points_per_pillar: int) -> DetectorConfig:
+    """A CP-Pillar family member; ``pillar`` in metres at the paper's scale (teacher 0.32)."""
+    return _pillar_family(setup, pillar, max_points_per_pillar, PILLAR_FILTERS, 1.0, PILLAR_BEV, 1.0,
+                          _head(setup, 64))
 
 
 #: SECOND's BEV backbone (OpenPCDet KITTI): the same two levels as CP-Voxel's.
@@ -228,7 +237,7 @@ POINTPILLARS_BEV = BEVBackboneConfig(
     num_upsample_filters=(128, 128, 128),
 )
 POINTPILLARS_FILTERS = (64,)
-#: The RDD paper's KITTI post-processing: axis-aligned NMS at IoU 0.5 (rdd-method.md §7).
+#: The RDD paper's KITTI post-processing: axis-aligned NMS at IoU 0.5 (rdd-method.md §11).
 PAPER_KITTI_NMS = NMSConfig(kind="nearest_bev", iou_threshold=0.5, pre_max_size=4096, post_max_size=500)
 
 
@@ -244,21 +253,8 @@ def second(setup: DatasetSetup, width_3d: float, width_2d: float) -> DetectorCon
 def pointpillars(setup: DatasetSetup, width_encoder: float, width_2d: float) -> DetectorConfig:
     """A PointPillars family member (0.16 m pillars at the paper's scale, 32 points each); widths relative
     to the teacher. On KITTI the range becomes x 0..70.4, y +-39.68 (a whole number of 8-pillar blocks)."""
-    size = 0.16 * setup.pillar_scale
-    point_cloud_range = pillar_range(setup.point_cloud_range, size, math.prod(POINTPILLARS_BEV.layer_strides))
-    return DetectorConfig(
-        classes=setup.classes,
-        point_cloud_range=point_cloud_range,
-        voxel_size=(size, size, point_cloud_range[5] - point_cloud_range[2]),
-        max_points_per_voxel=32,
-        max_voxels_train=setup.max_pillars[0],
-        max_voxels_test=setup.max_pillars[1],
-        point_columns=setup.point_columns,
-        encoder="pillar",
-        pillar_filters=tuple(_scaled(c, width_encoder * setup.dense_width_scale) for c in POINTPILLARS_FILTERS),
-        backbone_2d=dataclasses.replace(POINTPILLARS_BEV, width=width_2d * setup.dense_width_scale),
-        head=_anchor_head(setup),
-    )
+    return _pillar_family(setup, 0.16, 32, POINTPILLARS_FILTERS, width_encoder, POINTPILLARS_BEV, width_2d,
+                          _anchor_head(setup))
 
 
 #: Every preset: name -> how it is built from a dataset setup.

@@ -13,33 +13,20 @@ come from.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, NamedTuple
+from typing import Any, Mapping
 
-from rdd3d.distill.base import DistillLoss
+from rdd3d.core.config_loading import config_from_dict
+from rdd3d.distill.base import METHODS, DistillLoss, Method
+# Each module registers its methods in METHODS when imported; in the paper's order.
+from rdd3d.distill.baselines.hint import HintConfig, HintLoss
 from rdd3d.distill.baselines.fg import FGConfig, FGLoss
 from rdd3d.distill.baselines.gid import GIDFeatureConfig, GIDFeatureLoss, GIDLogitConfig, GIDLogitLoss
-from rdd3d.distill.baselines.hint import HintConfig, HintLoss
 from rdd3d.distill.baselines.lad import LADConfig, LADLoss
-from rdd3d.distill.baselines.logit_kd import LogitKDConfig, LogitKDLoss
 from rdd3d.distill.baselines.pp_logit import SPARSEKD_HEATMAP_WEIGHTS, PPLogitConfig, PPLogitLoss
-from rdd3d.core.config_loading import config_from_dict
+from rdd3d.distill.baselines.logit_kd import LogitKDConfig, LogitKDLoss
 
-
-class Baseline(NamedTuple):
-    config: type  # the method's config dataclass
-    build: Callable[[Any, int, int], DistillLoss]  # (config, student_channels, teacher_channels) -> loss
-
-
-#: Every baseline by its command-line name.
-BASELINES: dict[str, Baseline] = {
-    "hint": Baseline(HintConfig, HintLoss),
-    "fg": Baseline(FGConfig, FGLoss),
-    "gid-l": Baseline(GIDLogitConfig, lambda config, student, teacher: GIDLogitLoss(config)),
-    "gid-f": Baseline(GIDFeatureConfig, GIDFeatureLoss),
-    "lad": Baseline(LADConfig, lambda config, student, teacher: LADLoss(config)),
-    "pp-logit": Baseline(PPLogitConfig, lambda config, student, teacher: PPLogitLoss(config)),
-    "kd": Baseline(LogitKDConfig, lambda config, student, teacher: LogitKDLoss(config)),
-}
+#: The paper's baselines by command-line name (every method but RDD).
+BASELINES: dict[str, Method] = {name: method for name, method in METHODS.items() if name != "rdd"}
 
 
 def build_baseline(name: str, config: Any, student_channels: int, teacher_channels: int) -> DistillLoss:
@@ -47,19 +34,19 @@ def build_baseline(name: str, config: Any, student_channels: int, teacher_channe
     the channel counts are those of the student's and teacher's neck maps (for the adapter ψ)."""
     if name not in BASELINES:
         raise ValueError(f"unknown baseline {name!r}; known baselines: {list(BASELINES)}")
-    schema, build = BASELINES[name]
+    method = BASELINES[name]
     if config is None:
-        config = schema()
+        config = method.config()
     elif isinstance(config, Mapping):
-        config = config_from_dict(schema, dict(config), source=f"baseline {name!r}")
-    elif not isinstance(config, schema):
-        raise TypeError(f"baseline {name!r} takes a {schema.__name__}, a mapping of its fields or None, "
+        config = config_from_dict(method.config, dict(config), source=f"baseline {name!r}")
+    elif not isinstance(config, method.config):
+        raise TypeError(f"baseline {name!r} takes a {method.config.__name__}, a mapping of its fields or None, "
                         f"got {type(config).__name__}")
-    return build(config, student_channels, teacher_channels)
+    return method.loss.from_config(config, student_channels, teacher_channels)
 
 
 __all__ = [
-    "BASELINES", "Baseline", "FGConfig", "FGLoss", "GIDFeatureConfig", "GIDFeatureLoss", "GIDLogitConfig",
+    "BASELINES", "FGConfig", "FGLoss", "GIDFeatureConfig", "GIDFeatureLoss", "GIDLogitConfig",
     "GIDLogitLoss", "HintConfig", "HintLoss", "LADConfig", "LADLoss", "LogitKDConfig", "LogitKDLoss",
     "PPLogitConfig", "PPLogitLoss", "SPARSEKD_HEATMAP_WEIGHTS", "build_baseline",
 ]

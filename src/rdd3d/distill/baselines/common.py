@@ -31,6 +31,10 @@ class AdapterLoss(DistillLoss):
     """A method that maps the student's neck to the teacher's channels through ψ (1×1 conv + BN + ReLU);
     ψ's parameters train with the student."""
 
+    @classmethod
+    def from_config(cls, config, student_channels: int, teacher_channels: int) -> "AdapterLoss":
+        return cls(config, student_channels, teacher_channels)
+
     def __init__(self, config, student_channels: int, teacher_channels: int) -> None:
         super().__init__()
         self.config = config

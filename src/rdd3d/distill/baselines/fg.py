@@ -23,7 +23,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from rdd3d.distill.base import DistillStep
+from rdd3d.distill.base import DistillStep, METHODS, Method
 from rdd3d.distill.baselines.common import (
     AdapterLoss,
     adapted_features,
@@ -80,3 +80,6 @@ class FGLoss(AdapterLoss):
         squared = (student - teacher).pow(2).sum(dim=1)  # (B, H, W)
         imitation = (squared * mask).sum() / (2 * mask.sum().clamp_min(1))
         return {"fg/feature": self.config.weight * imitation}
+
+
+METHODS.register(Method("fg", FGConfig, FGLoss))

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from rdd3d.distill.base import DistillLoss, DistillStep, ModelView
+from rdd3d.distill.base import DistillLoss, DistillStep, METHODS, Method, ModelView
 from rdd3d.distill.baselines.common import (
     ANCHOR_SMOOTH_L1_BETA,
     FEATURE_TAP,
@@ -188,3 +188,7 @@ class GIDFeatureLoss(AdapterLoss):
                                  teacher_map.shape[0])
         return {"gid-f/feature": config.feature_weight * imitation,
                 "gid-f/relation": config.relation_weight * relation}
+
+
+METHODS.register(Method("gid-l", GIDLogitConfig, GIDLogitLoss))
+METHODS.register(Method("gid-f", GIDFeatureConfig, GIDFeatureLoss))

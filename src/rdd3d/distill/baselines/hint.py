@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor
 
-from rdd3d.distill.base import DistillStep
+from rdd3d.distill.base import DistillStep, METHODS, Method
 from rdd3d.distill.baselines.common import AdapterLoss, adapted_features, check_at_least
 
 
@@ -30,3 +30,6 @@ class HintLoss(AdapterLoss):
     def forward(self, step: DistillStep) -> dict[str, Tensor]:
         student, teacher = adapted_features(step, self.adapter, "hint")  # (B, C_T, H, W) each
         return {"hint/feature": self.config.weight * F.mse_loss(student, teacher)}
+
+
+METHODS.register(Method("hint", HintConfig, HintLoss))

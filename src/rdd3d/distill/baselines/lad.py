@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from rdd3d.distill.base import DistillLoss, DistillStep
+from rdd3d.distill.base import DistillLoss, DistillStep, METHODS, Method
 from rdd3d.distill.baselines.common import check_at_least
 from rdd3d.core.geometry import bev_iou
 
@@ -70,3 +70,6 @@ class LADLoss(DistillLoss):
             assigned[gt_index, 0:2] = teacher_boxes[teacher_index, 0:2].to(gt_boxes.dtype)
             boxes_out.append(assigned)
         return boxes_out, list(step.batch.gt_labels)
+
+
+METHODS.register(Method("lad", LADConfig, LADLoss))

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from rdd3d.distill.base import DistillLoss, DistillStep
+from rdd3d.distill.base import DistillLoss, DistillStep, METHODS, Method
 from rdd3d.distill.baselines.common import HEAD_TAP, binary_kl_with_logits, check_at_least, heatmap_logits
 from rdd3d.distill.heads import ANCHOR, head_kind
 
@@ -60,3 +60,6 @@ class LogitKDLoss(DistillLoss):
         objects = max(1, sum(int(boxes.shape[0]) for boxes in step.batch.gt_boxes))
         name = "kd/class" if head_kind(step.teacher.tap(HEAD_TAP, "kd")) == ANCHOR else "kd/heatmap"
         return {name: self.config.weight * temperature ** 2 * total / objects}
+
+
+METHODS.register(Method("kd", LogitKDConfig, LogitKDLoss))

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from rdd3d.distill.base import DistillLoss, DistillStep
+from rdd3d.distill.base import DistillLoss, DistillStep, METHODS, Method
 from rdd3d.distill.baselines.common import (
     ANCHOR_SMOOTH_L1_BETA,
     HEAD_TAP,
@@ -167,3 +167,6 @@ class PPLogitLoss(DistillLoss):
             boxes.append(torch.cat([found.boxes[confident, :columns].to(gt_boxes.dtype), gt_boxes]))
             labels.append(torch.cat([found.labels[confident].to(gt_labels.dtype), gt_labels]))
         return boxes, labels
+
+
+METHODS.register(Method("pp-logit", PPLogitConfig, PPLogitLoss))
