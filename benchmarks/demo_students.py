@@ -16,7 +16,7 @@ import argparse
 from pathlib import Path
 
 from rdd3d.demo import FULL, STUDENT, STUDENT_OVERRIDES, demo_config
-from rdd3d.engine.benchmark import train_or_reuse
+from rdd3d.engine.runs import train_or_reuse
 from rdd3d.engine.run_logging import read_log
 
 

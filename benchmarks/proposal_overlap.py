@@ -22,7 +22,7 @@ from rdd3d.data.collate import collate_frames
 from rdd3d.distill.base import BEVGeometry, ModelView
 from rdd3d.distill.proposals import peak_proposals, select_proposals
 from rdd3d.distill.rdd import RDDConfig
-from rdd3d.engine.benchmark import validation_frames
+from rdd3d.engine.measure import validation_frames
 from rdd3d.engine.runs import detector_from_checkpoint
 from rdd3d.core.geometry import bev_iou
 from rdd3d.core.fileio import write_json

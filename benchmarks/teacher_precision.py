@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils._pytree import tree_map
 
 from rdd3d.data.collate import collate_frames
-from rdd3d.engine.benchmark import validation_frames
+from rdd3d.engine.measure import validation_frames
 from rdd3d.engine.datasets import evaluate, summary_metrics
 from rdd3d.engine.detection_task import predict
 from rdd3d.engine.runs import detector_from_checkpoint

@@ -8,10 +8,11 @@ import torch
 import yaml
 
 from rdd3d.cli import EXIT_USAGE, main
-from rdd3d.engine.benchmark import (
-    BenchmarkPlan, BenchmarkResults, PairPlan, RunResult, VariantPlan, format_markdown,
-    load_plan, paired_gains, plan_runs, summarise, train_or_reuse,
+from rdd3d.benchmark import (
+    BenchmarkPlan, BenchmarkResults, PairPlan, RunResult, VariantPlan, load_plan, paired_gains, plan_runs, summarise,
 )
+from rdd3d.benchmark.report import format_markdown
+from rdd3d.engine.runs import train_or_reuse
 from rdd3d.core.checkpoint import load_checkpoint, save_checkpoint
 from rdd3d.core.config_loading import ConfigError
 from rdd3d.engine.run_logging import read_log

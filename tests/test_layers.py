@@ -12,8 +12,8 @@ LAYERS = (
     {"core"},  # records, geometry, file and config I/O
     {"data", "models", "evaluation"},  # datasets, detectors, metrics
     {"distill"},  # distillation methods and the distiller
-    {"engine"},  # training, runs, the benchmark's orchestration
-    {"cli", "demo", "doctor", "viz", "__main__"},  # applications
+    {"engine"},  # training, runs, measurements
+    {"cli", "demo", "doctor", "viz", "benchmark", "disparity_report", "__main__"},  # applications
 )
 
 

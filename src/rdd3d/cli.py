@@ -411,7 +411,7 @@ def _add_benchmark(commands) -> None:
 
 
 def _run_benchmark(args) -> None:
-    from rdd3d.engine.benchmark import load_plan, run_benchmark
+    from rdd3d.benchmark import load_plan, run_benchmark
 
     out = args.out or Path("runs") / "benchmark" / args.plan.stem
     run_benchmark(load_plan(args.plan, args.set), out)
@@ -446,9 +446,10 @@ def _add_disparity(commands) -> None:
 
 
 def _run_disparity(args) -> None:
-    from rdd3d.distill.disparity import DisparityConfig, measure_disparity, trained_adapter, write_disparity_report
+    from rdd3d.disparity_report import write_disparity_report
+    from rdd3d.distill.disparity import DisparityConfig, measure_disparity, trained_adapter
     from rdd3d.distill.rdd import RDDConfig
-    from rdd3d.engine.benchmark import validation_frames
+    from rdd3d.engine.measure import validation_frames
     from rdd3d.engine.distributed import init_distributed
     from rdd3d.engine.runs import detector_from_checkpoint
 

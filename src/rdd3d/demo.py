@@ -18,7 +18,8 @@ import torch
 from rdd3d.data.synthetic import SyntheticDataset
 from rdd3d.data.synthetic.disk import split_entry, write_dataset
 from rdd3d.core.types import Boxes3D
-from rdd3d.engine.benchmark import measure_checkpoint, train_or_reuse, validation_frames
+from rdd3d.engine.measure import measure_checkpoint, validation_frames
+from rdd3d.engine.runs import train_or_reuse
 from rdd3d.engine.config import RunConfig, load_run_config
 from rdd3d.engine.detection_task import predict
 from rdd3d.engine.runs import detector_from_checkpoint

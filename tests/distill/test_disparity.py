@@ -12,9 +12,10 @@ from rdd3d.cli import main
 from rdd3d.data.collate import collate_frames
 from rdd3d.data.synthetic import SyntheticDataset, WorldConfig
 from rdd3d.distill.base import BEVGeometry, DistillStep, ModelView, adapter
+from rdd3d.disparity_report import binned, histogram_edges, verdict
 from rdd3d.distill.disparity import (
-    ADAPTER_PREFIX, DisparityConfig, DisparityReport, _channel_means, binned, fit_linear_map, histogram_edges,
-    measure_disparity, trained_adapter, verdict,
+    ADAPTER_PREFIX, DisparityConfig, DisparityReport, _channel_means, fit_linear_map, measure_disparity,
+    trained_adapter,
 )
 from rdd3d.distill.distiller import Distiller
 from rdd3d.distill.rdd import RDDConfig, RDDLoss

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Mapping, NamedTuple
 
 import torch
 from omegaconf import OmegaConf
@@ -224,3 +224,33 @@ def plain_config(config: RunConfig) -> dict:
     for block in config.distill.unused_blocks():
         del plain["distill"][block]
     return plain
+
+
+class TrainedRun(NamedTuple):
+    checkpoint: Path
+    steps: int | None  # optimiser steps (None for a given teacher checkpoint)
+    reused: bool  # found finished, not trained now
+
+
+def train_or_reuse(config: RunConfig) -> TrainedRun:
+    """Train ``config``'s run unless its folder already holds it finished; resume an interrupted one.
+
+    A folder holding a run of another config is an error (listing the differences), never overwritten.
+    """
+    output_dir = Path(config.output_dir)
+    last = output_dir / Trainer.LAST
+    resume = None
+    if last.is_file():
+        state = load_checkpoint(last)
+        differences = stored_config_differences(state, config, source=str(last))
+        if differences:
+            raise ConfigError(f"{output_dir} holds a run of another config ({'; '.join(differences[:5])}); "
+                              f"delete that folder or point the benchmark elsewhere (--out; teachers_dir for teachers)")
+        finished = state["epoch"] == config.trainer.epochs and state["step_in_epoch"] == 0
+        if finished and not state.get("evaluation_pending", False):
+            return TrainedRun(last, state["step"], reused=True)
+        resume = "last"
+    else:
+        (output_dir / "log.jsonl").unlink(missing_ok=True)  # a run killed before its first checkpoint
+    train = distill_student if config.distill.method != "none" else train_detector
+    return TrainedRun(last, train(config, resume=resume).step, reused=False)

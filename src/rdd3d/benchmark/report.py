@@ -1,0 +1,182 @@
+"""The benchmark's reports: results.json, results.md (tables, paired gains) and results.png."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from rdd3d.benchmark.plan import NO_KD_ROW, TEACHER_ROW
+from rdd3d.benchmark.results import BenchmarkResults, RunResult
+from rdd3d.core.fileio import write_bytes, write_json
+
+
+@dataclass(frozen=True)
+class RowSummary:
+    """One table row: a model's numbers over its seeds (mean and sample standard deviation)."""
+
+    row: str
+    method: str
+    preset: str
+    seeds: int
+    mAP: float
+    mAP_std: float
+    NDS: float
+    NDS_std: float
+    params: int
+    gmacs: float
+    latency_ms: float
+    train_ms_per_frame: float | None
+
+    @classmethod
+    def of(cls, row: str, runs: Sequence[RunResult]) -> "RowSummary":
+        def mean_std(values: list[float]) -> tuple[float, float]:
+            return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+        costs = [run.train_ms_per_frame for run in runs if run.train_ms_per_frame is not None]
+        first = runs[0]
+        return cls(row, first.method, first.preset, len(runs),
+                   *mean_std([run.metrics["mAP"] for run in runs]), *mean_std([run.metrics["NDS"] for run in runs]),
+                   first.params, first.gmacs, statistics.fmean(run.latency_ms for run in runs),
+                   statistics.fmean(costs) if costs else None)
+
+
+def summarise(results: BenchmarkResults) -> dict[str, list[RowSummary]]:
+    """Per pair, its rows in table order."""
+    return {pair.name: [RowSummary.of(row, runs) for row, runs in results.rows(pair.name)]
+            for pair in results.plan.pairs}
+
+
+@dataclass(frozen=True)
+class PairedGain:
+    """A student row against the student without KD trained from the same seed (same initialisation and
+    frame order): seeds spread scores more than methods move them, so the per-seed difference is the
+    fairer test of a method than the difference of the means."""
+
+    row: str
+    mAP_by_seed: dict[int, float]
+    gain_by_seed: dict[int, float]  # mAP minus no KD's, on the seeds both rows have
+
+    @property
+    def mean_gain(self) -> float | None:
+        return statistics.fmean(self.gain_by_seed.values()) if self.gain_by_seed else None
+
+    @property
+    def seeds_won(self) -> int:
+        return sum(gain > 0 for gain in self.gain_by_seed.values())
+
+
+def paired_gains(results: BenchmarkResults) -> dict[str, list[PairedGain]]:
+    """Per pair, its student rows in table order (no KD first, with no gains), each paired seed by seed
+    with no KD; empty for a pair without a no-KD run."""
+    paired = {}
+    for pair in results.plan.pairs:
+        by_row = {row: {run.seed: run.metrics["mAP"] for run in runs} for row, runs in results.rows(pair.name)
+                  if row != TEACHER_ROW}
+        no_kd = by_row.get(NO_KD_ROW)
+        paired[pair.name] = [] if no_kd is None else [
+            PairedGain(row, scores, {} if row == NO_KD_ROW else
+                       {seed: score - no_kd[seed] for seed, score in scores.items() if seed in no_kd})
+            for row, scores in by_row.items()]
+    return paired
+
+
+def write_reports(results: BenchmarkResults, out_dir: str | Path) -> None:
+    """``results.json`` (every number), ``results.md`` (tables) and ``results.png`` (mAP per row)."""
+    out_dir = Path(out_dir)
+    summary, paired = summarise(results), paired_gains(results)
+    write_json(out_dir / "results.json", {
+        "title": results.plan.title,
+        "plan": dataclasses.asdict(results.plan),
+        "validation_frames": results.validation_frames,
+        "device": results.device,
+        "latency": {"device": "cpu", "threads": results.cpu_threads, "frames": results.plan.latency_frames,
+                    "repeats": results.plan.latency_repeats, "statistic": "median ms per frame, forward only"},
+        "runs": [dataclasses.asdict(run) for run in results.runs],
+        "summary": {pair: [dataclasses.asdict(row) for row in rows] for pair, rows in summary.items()},
+        "paired": {pair: [{**dataclasses.asdict(row), "mean_gain": row.mean_gain, "seeds_won": row.seeds_won}
+                          for row in rows] for pair, rows in paired.items()},
+    })
+    (out_dir / "results.md").write_text(format_markdown(results, summary, paired), encoding="utf-8")
+    write_bytes(out_dir / "results.png", render_plot(results.plan.title, summary))
+
+
+def format_markdown(results: BenchmarkResults, summary: Mapping[str, list[RowSummary]],
+                    paired: Mapping[str, list[PairedGain]]) -> str:
+    plan = results.plan
+    lines = [f"# {plan.title}", "",
+             f"Seeds {', '.join(map(str, plan.seeds))}; {results.validation_frames} validation frames; "
+             f"trained and evaluated on {results.device}. mAP and NDS in %, mean ± sample std over seeds; "
+             f"Δ mAP against the student without KD; GMACs on the first validation frame; latency: CPU forward "
+             f"of one frame ({results.cpu_threads} threads, median); training cost per frame from the runs' "
+             f"logs, × against the student without KD."]
+    for pair in plan.pairs:
+        rows = summary[pair.name]
+        no_kd = next((row for row in rows if row.row == NO_KD_ROW), None)
+        lines += ["", f"## {pair.student} from {pair.teacher}", "",
+                  "| model | mAP | NDS | Δ mAP | GMACs | params (M) | latency (ms) | training (ms/frame) |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for row in rows:
+            reference = row.row in (TEACHER_ROW, NO_KD_ROW)
+            name = f"{row.row} ({row.preset})" if reference else row.row
+            delta = "" if reference or no_kd is None else f"{100 * (row.mAP - no_kd.mAP):+.1f}"
+            lines.append(f"| {name} | {_percent(row.mAP, row.mAP_std, row.seeds)} | "
+                         f"{_percent(row.NDS, row.NDS_std, row.seeds)} | {delta} | {row.gmacs:.2f} | "
+                         f"{row.params / 1e6:.2f} | {row.latency_ms:.0f} | {_cost(row, no_kd)} |")
+        if len(plan.seeds) > 1 and paired[pair.name]:
+            lines += _paired_table(paired[pair.name], plan.seeds)
+    return "\n".join(lines) + "\n"
+
+
+def _paired_table(rows: Sequence[PairedGain], seeds: Sequence[int]) -> list[str]:
+    def per_seed(values: Mapping[int, float], spec: str) -> str:  # in %, "–" for a seed not run
+        return " / ".join(f"{100 * values[seed]:{spec}}" if seed in values else "–" for seed in seeds)
+
+    lines = ["", f"mAP per seed ({' / '.join(map(str, seeds))}) and the gain over no KD trained from the same seed:",
+             "", "| row | mAP per seed | gain per seed | mean gain | seeds won |", "|---|---|---|---:|---:|"]
+    for row in rows:
+        scores = per_seed(row.mAP_by_seed, ".2f")
+        if row.row == NO_KD_ROW:
+            lines.append(f"| {row.row} | {scores} | | | |")
+        elif row.mean_gain is not None:
+            lines.append(f"| {row.row} | {scores} | {per_seed(row.gain_by_seed, '+.2f')} | "
+                         f"{100 * row.mean_gain:+.2f} | {row.seeds_won} of {len(row.gain_by_seed)} |")
+    return lines
+
+
+def _percent(mean: float, std: float, seeds: int) -> str:
+    return f"{100 * mean:.1f} ± {100 * std:.1f}" if seeds > 1 else f"{100 * mean:.1f}"
+
+
+def _cost(row: RowSummary, no_kd: RowSummary | None) -> str:
+    if row.train_ms_per_frame is None:
+        return ""
+    if row.row in (TEACHER_ROW, NO_KD_ROW) or no_kd is None or no_kd.train_ms_per_frame is None:
+        return f"{row.train_ms_per_frame:.0f}"
+    return f"{row.train_ms_per_frame:.0f} ({row.train_ms_per_frame / no_kd.train_ms_per_frame:.2f}×)"
+
+
+def render_plot(title: str, summary: Mapping[str, list[RowSummary]]) -> bytes:
+    """PNG: per pair, the students' mAP per row with ± std error bars and the teacher's as a line."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(4 + 3 * len(summary), 4.5), layout="constrained")
+    for axes, (pair, rows) in zip(figure.subplots(1, len(summary), squeeze=False)[0], summary.items()):
+        students = [row for row in rows if row.row != TEACHER_ROW]
+        positions = range(len(students))
+        axes.bar(positions, [100 * row.mAP for row in students], yerr=[100 * row.mAP_std for row in students],
+                 capsize=3, color=["#9e9e9e" if row.row == NO_KD_ROW else "#1e88e5" for row in students])
+        for row in rows:
+            if row.row == TEACHER_ROW:
+                axes.axhline(100 * row.mAP, color="#e53935", linestyle="--", label=f"teacher {row.preset}")
+                axes.legend(loc="lower right", fontsize=8)
+        axes.set_xticks(list(positions), [row.row for row in students], rotation=45, ha="right")
+        axes.set_ylabel("mAP (%)")
+        axes.set_title(pair, fontsize=10)
+    figure.suptitle(title)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110)
+    return buffer.getvalue()
