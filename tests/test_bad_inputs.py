@@ -6,6 +6,7 @@ met gets a clear error, the documented exit code, and leaves what it did not nam
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -91,10 +92,27 @@ def _dataset_folder_for_points(work: Path) -> None:
     path.mkdir()
 
 
+def _exported_model(work: Path) -> None:
+    """A pillar detector exported as `rdd3d export` writes it, and a point file in its columns."""
+    from rdd3d.export import export_detector
+    from rdd3d.models import build_detector
+
+    torch.manual_seed(0)
+    export_detector(build_detector("cp-pillar-v0.64").eval(), work / "model", "cp-pillar-v0.64", "synthetic")
+    write_points(work / "points.bin", PointCloud(np.zeros((8, 5), dtype=np.float32), POINT_COLUMNS))
+
+
+def _exported_model_of_another_version(work: Path) -> None:
+    _exported_model(work)
+    manifest = json.loads((work / "model" / "manifest.json").read_text())
+    (work / "model" / "manifest.json").write_text(json.dumps({**manifest, "format_version": 2}))
+
+
 SETUPS = {"checkpoint": _checkpoint, "nan_checkpoint": _nan_checkpoint, "kitti_checkpoint": _kitti_checkpoint,
           "malicious_checkpoint": _malicious_checkpoint, "tensors_checkpoint": _tensors_checkpoint,
           "dataset": _dataset, "dataset_far_point": _dataset_far_point,
-          "dataset_folder_for_points": _dataset_folder_for_points}
+          "dataset_folder_for_points": _dataset_folder_for_points, "exported_model": _exported_model,
+          "exported_model_of_another_version": _exported_model_of_another_version}
 
 
 # ----------------------------------------------------------------------------- the corpus

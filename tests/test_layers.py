@@ -12,7 +12,7 @@ LAYERS = (
     {"core"},  # records, geometry, file and config I/O
     {"data", "models", "evaluation"},  # datasets, detectors, metrics
     {"distill"},  # distillation methods and the distiller
-    {"engine"},  # training, runs, measurements
+    {"engine", "export"},  # training, runs, measurements; ONNX export of trained detectors
     {"cli", "demo", "doctor", "viz", "benchmark", "disparity_report", "__main__"},  # applications
 )
 

@@ -515,6 +515,88 @@ def _run_doctor(args) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- export
+def _add_export(commands) -> None:
+    from rdd3d_runtime.manifest import DEFAULT_OPSET, MIN_OPSET  # light: no torch while the parser is built
+
+    parser = commands.add_parser(
+        "export", help="export a trained detector to ONNX files and a manifest that rdd3d_runtime runs",
+        description="Write the detector of a `rdd3d train` or `rdd3d distill` checkpoint as ONNX files (pillar "
+                    "family: one file from the pillars to the head's maps; voxel family: the sparse 3D backbone, "
+                    "then the BEV backbone and head) with a manifest.json. The files are run with onnxruntime on a "
+                    "synthetic frame and compared with PyTorch first; the manifest is written only if they agree "
+                    "(docs/deployment.md). Needs onnxruntime: pip install 'rdd3d[export]'.",
+    )
+    parser.add_argument("--checkpoint", required=True, type=Path,
+                        help="checkpoint written by `rdd3d train` or `rdd3d distill`")
+    parser.add_argument("--out", required=True, type=Path, help="folder for the ONNX files and manifest.json")
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET,
+                        help=f"ONNX opset (default {DEFAULT_OPSET}, at least {MIN_OPSET})")
+    parser.add_argument("--overwrite", action="store_true", help="replace an export in --out (default: refuse)")
+    parser.set_defaults(handler=_run_export)
+
+
+def _run_export(args) -> None:
+    from rdd3d.export import export_checkpoint
+    from rdd3d_runtime.manifest import MIN_OPSET
+
+    if args.opset < MIN_OPSET:
+        raise UsageError(f"--opset {args.opset}: rdd3d exports need opset {MIN_OPSET} or later")
+    if args.out.exists() and any(args.out.iterdir()) and not args.overwrite:
+        raise UsageError(f"{args.out} exists and is not empty; pass --overwrite to replace it, or choose another path")
+    manifest = export_checkpoint(args.checkpoint, args.out, opset=args.opset, overwrite=args.overwrite)
+    files = ", ".join(graph.file for graph in manifest.graphs)
+    print(f"wrote {files} and manifest.json to {args.out} ({manifest.preset}, opset {manifest.opset}; largest "
+          f"difference to PyTorch {max(manifest.verification.values()):.2g})")
+
+
+# ----------------------------------------------------------------------------- predict
+def _add_predict(commands) -> None:
+    parser = commands.add_parser(
+        "predict", help="detections of an exported model (rdd3d export) on a point file, through onnxruntime",
+        description="Run a folder written by `rdd3d export` on one point file (.bin float32 rows in the manifest's "
+                    "columns, or .npy) with rdd3d_runtime: NumPy voxelisation and decoding, the ONNX files through "
+                    "onnxruntime, no PyTorch. `python -m rdd3d_runtime` does the same where only the deploy extra "
+                    "is installed (docs/deployment.md).",
+    )
+    parser.add_argument("--model", required=True, type=Path, help="folder written by `rdd3d export`")
+    parser.add_argument("--points", required=True, type=Path, help="point file: .bin (float32 rows) or .npy")
+    parser.add_argument("--out", type=Path, help="detections JSON to write (default: print it)")
+    parser.add_argument("--bev", type=Path, help="also draw the points and detections from above into this PNG")
+    parser.add_argument("--threads", type=int, help="onnxruntime intra-op threads (default: its own choice)")
+    _add_overwrite(parser)
+    parser.set_defaults(handler=_run_predict)
+
+
+def _run_predict(args) -> None:
+    import json
+
+    from rdd3d_runtime import ExportedModel, read_points
+    from rdd3d_runtime.cli import prediction_json
+
+    _check_outputs(args, [args.out, args.bev], inputs=[args.points])
+    model = ExportedModel(args.model, threads=args.threads)
+    points = read_points(args.points, model.manifest.point_columns)
+    detections = model.predict(points)
+    result = prediction_json(model, args.points, points, detections)
+    if args.out is None:
+        print(json.dumps(result, indent=2))
+    else:
+        from rdd3d.core.fileio import write_json
+
+        write_json(args.out, result)
+        print(f"wrote {len(detections.scores)} detections to {args.out}")
+    if args.bev is not None:
+        from rdd3d.core.types import Boxes3D, ClassTable, PointCloud
+        from rdd3d.viz import BoxLayer, save_bev
+
+        layer = BoxLayer(Boxes3D(detections.boxes), detections.labels, detections.scores, name=model.manifest.preset)
+        save_bev(args.bev, PointCloud(points, model.manifest.point_columns), [layer],
+                 classes=ClassTable(model.manifest.classes),
+                 title=f"{args.points.name}: {len(detections.scores)} detections ({model.manifest.preset})")
+        print(f"wrote {args.bev}")
+
+
 # ----------------------------------------------------------------------------- shared helpers
 def _add_overwrite(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace output files that exist (default: refuse)")
@@ -545,7 +627,7 @@ def _world_config(overrides: Sequence[str]):
 
 COMMANDS: tuple[Callable, ...] = (_add_doctor, _add_demo, _add_simulate, _add_show, _add_nuscenes_infos,
                                  _add_gt_database, _add_train, _add_distill, _add_eval, _add_flops, _add_benchmark,
-                                 _add_disparity)
+                                 _add_disparity, _add_export, _add_predict)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -123,9 +123,13 @@ def _check_nuscenes_devkit() -> Check:
 
 
 def _check_onnxruntime() -> Check:
+    missing = [module for module in ("onnxruntime", "onnx") if installed_distribution(module) is None]
+    if missing:
+        return Check("onnxruntime", "WARN",
+                     f"{' and '.join(missing)} not installed: needed only to deploy (`rdd3d export`, `rdd3d predict`)",
+                     "pip install 'rdd3d[export]'")
     found = installed_distribution("onnxruntime")
-    # Listed for completeness of the environment report: no rdd3d command uses it, so missing is fine.
-    return Check("onnxruntime", "OK", f"{found[0]} {found[1]}" if found else "not installed (no rdd3d command uses it)")
+    return Check("onnxruntime", "OK", f"{found[0]} {found[1]}, onnx {installed_distribution('onnx')[1]}")
 
 
 def _check_tensorboard() -> Check:
