@@ -6,7 +6,7 @@ from rdd3d.engine.config import load_run_config
 
 @pytest.mark.parametrize("overrides, named", [
     (["model.preset=nosuch"], "unknown detector preset 'nosuch'"),
-    (["model.overrides={head.head_chanels: 3}"], "detector override 'head.head_chanels': CenterHeadConfig has no field"),
+    (["model.overrides={head.head_chanels: 3}"], "Key 'head_chanels' not in 'CenterHeadConfig'. Did you mean: 'head_channels'"),
     (["model.preset=second-xs", "data.dataset=nuscenes"], "preset 'second-xs' \\(anchor head\\) is offered on the datasets"),
 ])
 def test_the_detector_is_checked_when_the_config_loads(overrides, named):

@@ -83,7 +83,7 @@ def test_overrides_reach_nested_fields_and_unknown_ones_are_named():
     config = preset_config("cp-voxel-s", "synthetic", sparse_backend="torch",
                            **{"head.head_channels": 8, "backbone_2d.num_filters": [16, 32]})
     assert (config.sparse_backend, config.head.head_channels, config.backbone_2d.num_filters) == ("torch", 8, (16, 32))
-    with pytest.raises(ValueError, match="CenterHeadConfig has no field 'channels'"):
+    with pytest.raises(ValueError, match=r"Key 'channels' not in 'CenterHeadConfig'.*\(key: head.channels\)"):
         preset_config("cp-voxel", **{"head.channels": 8})
     with pytest.raises(ValueError, match="sparse_backend must be one of"):
         preset_config("cp-voxel", sparse_backend="cuda")

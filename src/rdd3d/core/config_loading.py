@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Sequence, TypeVar
+from typing import Any, Mapping, Sequence, TypeVar
 
 import yaml
 from omegaconf import OmegaConf
@@ -102,6 +102,27 @@ def _parse_override(override: str):
         problem = getattr(error, "problem", None) or str(error).splitlines()[0]
         raise ConfigError(f"{source}: the value of {key} is not valid YAML ({problem}); quote it to pass a "
                           "string with brackets, braces or a colon") from None
+
+
+def with_changes(config: Schema, changes: Mapping[str, Any], source: str) -> Schema:
+    """``config`` (a dataclass instance) with ``changes`` applied: each key a field or a dotted path to a nested
+    one (``{"head.head_channels": 32}``), a mapping value setting several fields of a nested config. Typed and
+    checked by the same machinery as config files and ``--set``; errors name ``source`` and the key."""
+    merged = OmegaConf.structured(config)
+    OmegaConf.set_readonly(merged, False)
+    update = OmegaConf.create({})
+    for key, value in changes.items():
+        try:
+            OmegaConf.update(update, key, value, merge=True, force_add=True)
+        except OmegaConfBaseException as error:
+            raise ConfigError(f"{source}[{key!r}]: {_describe(error)}") from None
+    merged = _merge(merged, update, source=source)
+    try:
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as error:
+        raise ConfigError(f"{source}: {_describe(error)}") from None
+    except ValueError as error:  # the dataclass's own check of its values
+        raise ConfigError(f"{source}: {error}") from None
 
 
 def config_from_dict(schema: type[Schema], values: dict, source: str) -> Schema:

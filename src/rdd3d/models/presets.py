@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Callable
 
+from rdd3d.core.config_loading import with_changes
 from rdd3d.data.synthetic.catalog import CLASS_NAMES as SYNTHETIC_CLASSES
 from rdd3d.data.synthetic.catalog import CLASS_SPECS as SYNTHETIC_SPECS
 from rdd3d.data.synthetic.config import LidarConfig
@@ -309,9 +310,10 @@ def preset_config(name: str, dataset: str = "synthetic", **overrides) -> Detecto
     """The config of preset ``name`` on ``dataset`` with ``overrides`` applied.
 
     An override key names a :class:`DetectorConfig` field, or a nested one with dots (pass those
-    as ``**{"head.head_channels": 32}``); a mapping value for a nested config overrides its fields;
-    lists become tuples. All overrides are applied before any check, so fields that must agree (a
-    pillar's z size and the z range) can change together. An unknown field is an error.
+    as ``**{"head.head_channels": 32}``); a mapping value for a nested config overrides its fields.
+    They are typed and merged as config files are (:func:`rdd3d.core.config_loading.with_changes`), all
+    before any check, so fields that must agree (a pillar's z size and the z range) can change together.
+    An unknown field is an error.
     """
     _check_name(name)
     if dataset not in DATASETS:
@@ -319,40 +321,7 @@ def preset_config(name: str, dataset: str = "synthetic", **overrides) -> Detecto
     if name in ANCHOR_PRESETS and not DATASETS[dataset].anchors:
         offered = [key for key, setup in DATASETS.items() if setup.anchors]
         raise ValueError(f"preset {name!r} (anchor head) is offered on the datasets {offered}, not on {dataset!r}")
-    changes: dict = {}
-    for key, value in overrides.items():
-        *parents, leaf = key.split(".")
-        node = changes
-        for part in parents:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ValueError(f"detector override {key!r} conflicts with an override of {part!r} as a whole")
-        node[leaf] = value
-    return _override(PRESETS[name](DATASETS[dataset]), changes, prefix="")
-
-
-def _override(config, changes: dict, prefix: str):
-    """``config`` rebuilt once with ``changes`` (nested mappings for nested configs), so its checks rerun."""
-    fields = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
-    resolved = {}
-    for name, value in changes.items():
-        if name not in fields:
-            raise ValueError(
-                f"detector override {prefix + name!r}: {type(config).__name__} has no field {name!r}; "
-                f"fields: {sorted(fields)}"
-            )
-        if isinstance(value, dict):
-            if not dataclasses.is_dataclass(fields[name]):
-                raise ValueError(f"detector override {prefix + name!r}: {type(config).__name__}.{name} has no fields")
-            value = _override(fields[name], value, prefix + name + ".")
-        resolved[name] = _as_tuples(value)
-    return dataclasses.replace(config, **resolved)
-
-
-def _as_tuples(value):
-    if isinstance(value, (list, tuple)):
-        return tuple(_as_tuples(item) for item in value)
-    return value
+    return with_changes(PRESETS[name](DATASETS[dataset]), overrides, source=f"detector overrides of {name!r}")
 
 
 def build_detector(name: str, dataset: str = "synthetic", **overrides) -> Detector:
