@@ -182,6 +182,11 @@ def test_feature_term_weighs_each_pair_by_its_selection():
         assert torch.equal(pairs.weights.bool(), pairs.normalised >= lam) and int(pairs.weights.sum()) in selected
         expected = 0.2 * (pairs.weights * pairs.disparity).sum() / 5
         torch.testing.assert_close(terms["rdd/feature"], expected)
+        # Normalised by the selected weight instead of M + N: the mean over the selected pairs, whatever λ keeps.
+        by_weight = _rdd(lam=lam, term_normaliser="weight")
+        torch.testing.assert_close(by_weight(step)["rdd/feature"],
+                                   0.2 * (pairs.weights * pairs.disparity).sum() / pairs.weights.sum())
+        torch.testing.assert_close(by_weight(step)["rdd/feature"] * pairs.weights.sum() / 5, expected)
     # The literal norm over a whole 7 x 7 patch is sqrt(49 · d_i).
     l2 = _rdd(feature_distance="l2", selection="all")
     torch.testing.assert_close(l2(step)["rdd/feature"], 0.2 * (7 * l2.last_pairs.disparity.sqrt()).sum() / 5)

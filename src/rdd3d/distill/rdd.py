@@ -38,6 +38,7 @@ from rdd3d.distill.regions import (
 SELECTIONS = ("threshold", "topk_ratio", "soft", "all")
 FEATURE_DISTANCES = ("mse", "l2", "kl")
 LOGIT_NORMS = ("mean", "l1")
+TERM_NORMALISERS = ("pairs", "weight")
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,9 @@ class RDDConfig:
     # [ours] anchor heads: weight of Eq. 9's box term against its class term (the paper adds them, 1.0); the
     # raw box deltas of a short-trained student pull 30x harder than the class scores (rdd-method.md §8)
     anchor_box_weight: float = 1.0
+    # what both terms divide by: "pairs", every pair M + N [paper]; "weight", the selected weight Σ m*_i [ours]:
+    # without it, a λ that keeps fewer pairs also distils less, and the λ sweep mixes selection with weight
+    term_normaliser: str = "pairs"
     use_feature: bool = True  # distil the student's BEV map (ablation: logit only)
     use_logit: bool = True  # distil the student's heatmaps (ablation: feature only)
     gaussian_overlap: float = 0.1  # [ours] centre heads: Gaussian area radius as CenterPoint's targets (min overlap)
@@ -85,6 +89,7 @@ class RDDConfig:
             "feature_distance": (self.feature_distance in FEATURE_DISTANCES, f"one of {FEATURE_DISTANCES}"),
             "logit_norm": (self.logit_norm in LOGIT_NORMS, f"one of {LOGIT_NORMS}"),
             "anchor_box_weight": (self.anchor_box_weight >= 0, ">= 0"),
+            "term_normaliser": (self.term_normaliser in TERM_NORMALISERS, f"one of {TERM_NORMALISERS}"),
             "use_feature": (self.use_feature or self.use_logit, "true when use_logit is false"),
             "gaussian_overlap": (0 < self.gaussian_overlap < 1, "in (0, 1)"),
             "min_radius": (self.min_radius >= 0, ">= 0"),
@@ -179,7 +184,11 @@ class RDDLoss(DistillLoss):
             kept = torch.arange(proposals.num_boxes, device=teacher.device)
         self.last_pairs = pairs
         weights = pairs.weights[kept]
-        count = max(proposals.num_boxes, 1)  # M + N; with no pair every term is an empty sum, 0
+        # M + N, or Σ m*_i; with no pair (or no weight) every term is an empty sum, 0
+        if self.config.term_normaliser == "weight":
+            count = weights.sum().clamp(min=torch.finfo(weights.dtype).tiny)
+        else:
+            count = max(proposals.num_boxes, 1)
         feature = (weights * self._distance(student, student_probs, teacher, teacher_probs)).sum() / count
         terms = {"rdd/feature" if self.config.use_feature else "rdd/adapter": self.config.alpha_feature * feature}
         if self.config.use_logit:
