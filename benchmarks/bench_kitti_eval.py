@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rdd3d.evaluation.kitti_format import KittiObjects
+from rdd3d.data.kitti.format import KittiObjects
 from rdd3d.evaluation.kitti_metrics import evaluate_kitti
 from rdd3d.core.fileio import write_json
 

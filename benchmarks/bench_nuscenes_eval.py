@@ -27,9 +27,10 @@ from typing import NamedTuple
 
 import numpy as np
 
+from rdd3d.data.nuscenes.classes import NUSCENES_CLASSES
 from rdd3d.evaluation.nuscenes_io import read_results, table_to_eval_boxes, write_results
 from rdd3d.evaluation.nuscenes_metrics import (
-    NUSCENES_CLASSES, TP_METRICS, BoxTable, MetricConfig, detection_cvpr_2019, evaluate_detections,
+    TP_METRICS, BoxTable, MetricConfig, detection_cvpr_2019, evaluate_detections,
 )
 from rdd3d.core.fileio import write_json
 

@@ -178,9 +178,13 @@ def test_summary_and_table_mean_std_delta_and_cost():
     assert "| teacher (cp-voxel) | 60.0 | 30.0 |  | 0.50 | 1.00 | 20 | 50 |" in table
     assert "| none (cp-voxel-xxs) | 37.5 ± 3.5 | 18.8 ± 1.8 |  |" in table
     # Paired with no KD of the same seed; a row missing a seed is paired on the seeds it has.
-    assert "| none | 40.00 / 35.00 | | | |" in table
-    assert "| rdd | 45.00 / 55.00 | +5.00 / +20.00 | +12.50 | 2 of 2 |" in table
-    assert "| kd | – / 30.00 | – / -5.00 | -5.00 | 0 of 1 |" in table
+    assert "| none | 40.00 / 35.00 | | | | |" in table
+    # 95 %: 12.5 ± t(1) · stdev(5, 20) / √2 = 12.5 ± 12.706 · 10.607 / 1.414
+    assert rdd_gain.interval95 == pytest.approx((0.125 - 0.95296, 0.125 + 0.95296), abs=1e-4)
+    assert "| rdd | 45.00 / 55.00 | +5.00 / +20.00 | +12.50 | [-82.80, +107.80] | 2 of 2 |" in table
+    assert kd_gain.interval95 is None
+    assert "| kd | – / 30.00 | – / -5.00 | -5.00 | – | 0 of 1 |" in table
+    assert "frames of the 'test' split (held out: settings are chosen on 'val')" in table
 
 
 def test_only_runs_the_named_rows_and_no_kd_and_refuses_unknown_names(tmp_path):
@@ -190,6 +194,15 @@ def test_only_runs_the_named_rows_and_no_kd_and_refuses_unknown_names(tmp_path):
     assert {run.row for run in plan_runs(plan, tmp_path)} == {"teacher", "none", "rdd-lam0"}
     with pytest.raises(ValueError, match="only: 'rdd-lam1' is not a row of the plan"):
         load_plan(SMOKE, ["only=[rdd-lam1]", LAMBDA_ZERO])
+
+
+def test_a_plan_reporting_on_the_split_it_tunes_on_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="report_split must be one of .* other than tune_split 'val'"):
+        load_plan(SMOKE, ["report_split=val"])
+    with pytest.raises(ConfigError, match="data.val_split"):  # nor can a run override pick the split
+        plan_runs(load_plan(SMOKE, ["data.val_split=test"]), tmp_path)
+    runs = plan_runs(load_plan(SMOKE), tmp_path)
+    assert {run.config.data.val_split for run in runs} == {"val"}  # the runs' own evaluations: the tune split
 
 
 def test_config_differences_name_each_changed_leaf():

@@ -10,7 +10,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "rdd3d"
 #: Bottom to top. Parts of one layer may use each other; a layer may use every layer below it.
 LAYERS = (
     {"core"},  # records, geometry, file and config I/O
-    {"data", "models", "evaluation"},  # datasets, detectors, metrics
+    {"data"},  # datasets: their files, frames, classes; the synthetic world; voxelisation
+    {"models"},  # detectors and presets
+    {"evaluation"},  # metrics, and predictions written as each benchmark reads them
     {"distill"},  # distillation methods and the distiller
     {"engine", "export"},  # training, runs, measurements; ONNX export of trained detectors
     {"cli", "demo", "doctor", "viz", "benchmark", "disparity_report", "__main__"},  # applications

@@ -11,7 +11,7 @@ import pytest
 from rdd3d.cli import main
 from rdd3d.data.gt_sampling import read_gt_database
 from rdd3d.engine.run_logging import read_log
-from rdd3d.evaluation.kitti_format import read_label_file
+from rdd3d.data.kitti.format import read_label_file
 
 FIXTURE_IDS = ("000008", "000000")
 # Score threshold 0: a detector trained for one step still writes boxes to check (20 per head: fast to score).

@@ -13,19 +13,17 @@ import torch
 
 from rdd3d.data.collate import collate_frames
 from rdd3d.data.io import write_points
-from rdd3d.data.kitti import (
-    METADATA_KEYS,
-    KittiDataset,
-    camera_fov_mask,
+from rdd3d.data.kitti import METADATA_KEYS, KittiDataset, camera_fov_mask
+from rdd3d.data.kitti.format import KittiCalibration, KittiFormatError, KittiObjects, read_label_file
+from rdd3d.data.transforms import crop_to_range
+from rdd3d.core.types import PointCloud
+from rdd3d.evaluation.kitti_metrics import evaluate_kitti
+from rdd3d.evaluation.kitti_predictions import (
     evaluate_kitti_frames,
     kitti_detections,
     kitti_summary,
     write_kitti_results,
 )
-from rdd3d.data.transforms import crop_to_range
-from rdd3d.core.types import PointCloud
-from rdd3d.evaluation.kitti_format import KittiCalibration, KittiFormatError, KittiObjects, read_label_file
-from rdd3d.evaluation.kitti_metrics import evaluate_kitti
 from rdd3d.core.types import Detections
 from rdd3d.models.presets import build_detector
 from rdd3d.viz import BoxLayer, save_bev

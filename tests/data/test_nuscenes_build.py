@@ -23,9 +23,8 @@ from nuscenes.utils.data_classes import Box  # noqa: E402
 from pyquaternion import Quaternion  # noqa: E402
 
 from rdd3d.data.io import PointFileError  # noqa: E402
-from rdd3d.data.nuscenes import (  # noqa: E402
-    NuScenesDataset, build_infos, read_infos, submission_from_detections, write_submission,
-)
+from rdd3d.data.nuscenes import NuScenesDataset, build_infos, read_infos  # noqa: E402
+from rdd3d.evaluation.nuscenes_export import submission_from_detections, write_submission  # noqa: E402
 from rdd3d.evaluation.nuscenes_io import evaluate_results_file, load_nuscenes_ground_truth  # noqa: E402
 from rdd3d.core.types import Detections  # noqa: E402
 

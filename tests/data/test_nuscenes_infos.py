@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from rdd3d.data.nuscenes import (
-    InfoBoxes, InfoFileError, NuScenesDataset, NuScenesInfos, SampleInfo, SweepInfo, cbgs_indices, default_attributes,
-    read_infos, submission_from_detections, write_infos,
+    InfoBoxes, InfoFileError, NuScenesDataset, NuScenesInfos, SampleInfo, SweepInfo, cbgs_indices, read_infos,
+    write_infos,
 )
+from rdd3d.evaluation.nuscenes_export import default_attributes, submission_from_detections
 from rdd3d.core.types import Boxes3D, ClassTable, Frame, PointCloud
 from rdd3d.core.types import Detections
 

@@ -11,10 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from rdd3d.data.nuscenes import (
-    DEFAULT_CLASSES, InfoBoxes, NuScenesDataset, NuScenesInfos, SampleInfo, write_infos, write_submission,
-)
+from rdd3d.data.nuscenes import DEFAULT_CLASSES, InfoBoxes, NuScenesDataset, NuScenesInfos, SampleInfo, write_infos
 from rdd3d.data.transforms import crop_to_range
+from rdd3d.evaluation.nuscenes_export import write_submission
 from rdd3d.evaluation.nuscenes_metrics import NO_ATTRIBUTE, BoxTable, detection_cvpr_2019
 from rdd3d.core.types import Detections
 from rdd3d.models.presets import NUSCENES, build_detector

@@ -8,10 +8,15 @@ import torch
 from rdd3d.data.synthetic import SyntheticDataset
 from rdd3d.data.synthetic.config import LidarConfig, WorldConfig
 from rdd3d.engine.config import DataConfig
-from rdd3d.engine.datasets import build_datasets, evaluate, summary_metrics, write_predictions
+from rdd3d.engine.datasets import (
+    DATASETS, build_datasets, evaluate, summary_metric_names, summary_metrics, write_predictions,
+)
 from rdd3d.evaluation import nuscenes_io
+from rdd3d.evaluation.base import EVALUATIONS
 from rdd3d.evaluation.detection_metrics import frame_metric_config
 from rdd3d.models.heads import Detections
+from rdd3d.models.presets import DATASETS as DETECTOR_SETUPS
+from rdd3d.models.presets import list_datasets
 
 SMALL_WORLD = WorldConfig(lidar=LidarConfig(beams=8, azimuth_resolution_deg=2.0), objects_per_scene=(3, 4),
                           distractors_per_scene=(0, 1))
@@ -30,6 +35,22 @@ def _ground_truth_as_detections(frames):
 def test_a_bad_data_config_is_named(data, message):
     with pytest.raises(ValueError, match=message):
         build_datasets(data)
+
+
+def test_every_dataset_has_detector_presets_and_a_registered_metric():
+    assert tuple(DATASETS) == list_datasets() == ("nuscenes", "kitti", "synthetic")
+    for name, dataset in DATASETS.items():
+        assert dataset.classes == DETECTOR_SETUPS[name].classes, name  # the presets' label order
+        assert dataset.evaluation in EVALUATIONS, name
+    assert summary_metric_names(DataConfig(dataset="kitti")) == (
+        "mAP", "AP/Car", "AP/Pedestrian", "AP/Cyclist", "AP_bev/Car", "AP_bev/Pedestrian", "AP_bev/Cyclist")
+
+
+def test_a_split_naming_an_unknown_metric_is_refused():
+    _, val = build_datasets(DataConfig(train_size=1, val_size=1, world=SMALL_WORLD, cache_in_memory=False))
+    val.evaluation = "waymo"
+    with pytest.raises(KeyError, match="unknown evaluation 'waymo'; known: \\['nuscenes', 'kitti'\\]"):
+        evaluate(val, [val[0]], _ground_truth_as_detections([val[0]]))
 
 
 def test_synthetic_splits_are_cached_and_keep_their_metric():
@@ -54,6 +75,7 @@ def test_synthetic_ground_truth_scores_full_marks_and_exports_a_readable_submiss
             if count > 0 and far <= val.class_ranges[name]:
                 present.add(name)
     assert present and summary["mAP"] == pytest.approx(len(present) / len(val.classes))  # AP 1 per class present
+    assert set(summary) <= set(summary_metric_names(data))
     path = write_predictions(data, val, frames, detections, tmp_path / "results.json")
     table, meta = nuscenes_io.read_results(path, frame_metric_config(val.class_ranges, val.classes.names))
     assert meta == {"use_lidar": True} and len(table) == sum(len(f.boxes) for f in frames)

@@ -9,7 +9,11 @@ import numpy as np
 import pytest
 
 from rdd3d.core.geometry import axis_aligned_iou, bev_iou, iou3d
-from rdd3d.evaluation.kitti_format import (
+from rdd3d.data.kitti.format import (
+    DIFFICULTIES,
+    MAX_OCCLUSION,
+    MAX_TRUNCATION,
+    MIN_HEIGHT,
     KittiObjects,
     camera_to_lidar_boxes,
     detections_from_lidar_boxes,
@@ -18,10 +22,6 @@ from rdd3d.evaluation.kitti_format import (
     read_label_file,
 )
 from rdd3d.evaluation.kitti_metrics import (
-    DIFFICULTIES,
-    MAX_OCCLUSION,
-    MAX_TRUNCATION,
-    MIN_HEIGHT,
     MIN_OVERLAPS,
     METRICS,
     NEIGHBOUR_CLASS,

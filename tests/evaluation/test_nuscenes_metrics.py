@@ -15,9 +15,10 @@ import math
 import numpy as np
 import pytest
 
+from rdd3d.data.nuscenes.classes import NUSCENES_CLASSES
 from rdd3d.evaluation.nuscenes_io import boxes_from_results
 from rdd3d.evaluation.nuscenes_metrics import (
-    NUSCENES_ATTRIBUTES, NUSCENES_CLASSES, TP_METRICS, BoxTable, MetricConfig, detection_cvpr_2019,
+    NUSCENES_ATTRIBUTES, TP_METRICS, BoxTable, MetricConfig, detection_cvpr_2019,
     evaluate_detections, filter_boxes,
 )
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import NamedTuple, Sequence
 
 from rdd3d.core.config_loading import ConfigError, build_config
+from rdd3d.data.synthetic.dataset import EVALUATION_SPLITS
 from rdd3d.distill.methods import METHOD_NAMES
 from rdd3d.engine.config import RunConfig, load_run_config
 from rdd3d.engine.trainer import Trainer
@@ -18,7 +19,8 @@ from rdd3d.models.presets import list_presets
 TEACHER_ROW = "teacher"
 NO_KD_ROW = "none"
 #: Run-config keys the plan sets itself (folders, pairs, methods, seeds); overrides may not touch them.
-PLANNED_KEYS = ("output_dir", "model.preset", "distill.method", "distill.teacher_checkpoint", "trainer.seed")
+PLANNED_KEYS = ("output_dir", "model.preset", "distill.method", "distill.teacher_checkpoint", "trainer.seed",
+                "data.val_split")
 _ROW_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
@@ -54,6 +56,11 @@ class BenchmarkPlan:
     overrides: list[str] = field(default_factory=list)  # run-config overrides of every run, teachers too
     teacher_overrides: list[str] = field(default_factory=list)  # teachers only, applied after `overrides`
     teacher_seed: int = 0
+    # The held-out protocol: runs evaluate on `tune_split` while they train (what any setting may be chosen
+    # on); the tables are measured on `report_split`, which nothing is chosen on. A plan reporting on the split
+    # it tunes on is refused.
+    tune_split: str = "val"
+    report_split: str = "test"
     teachers_dir: str = ""  # where teachers are trained and found again; empty: <out>/teachers
     latency_frames: int = 2  # validation frames timed one at a time on the CPU
     latency_repeats: int = 3  # timed passes over them after one warm-up pass; the median is reported
@@ -80,6 +87,10 @@ class BenchmarkPlan:
             "latency_frames": (self.latency_frames >= 1, ">= 1"),
             "latency_repeats": (self.latency_repeats >= 1, ">= 1"),
             "variants": (TEACHER_ROW not in names, f"no row named {TEACHER_ROW!r}"),
+            "tune_split": (self.tune_split in EVALUATION_SPLITS, f"one of {EVALUATION_SPLITS}"),
+            "report_split": (self.report_split in EVALUATION_SPLITS and self.report_split != self.tune_split,
+                             f"one of {EVALUATION_SPLITS} other than tune_split {self.tune_split!r}: tables are "
+                             "never computed on the split settings are chosen on"),
         }
         problems += [f"{name} must be {expected}, got {getattr(self, name)!r}"
                      for name, (valid, expected) in checks.items() if not valid]
@@ -121,8 +132,9 @@ class PlannedRun(NamedTuple):
 
 
 def run_config(overrides: Sequence[str], output_dir: Path, preset: str, method: str, seed: int,
-               teacher_checkpoint: str = "") -> RunConfig:
-    """A run's config: defaults <- ``overrides`` <- what the plan fixes (folder, preset, method, seed)."""
+               teacher_checkpoint: str = "", val_split: str = "val") -> RunConfig:
+    """A run's config: defaults <- ``overrides`` <- what the plan fixes (folder, preset, method, seed, and the
+    split its own evaluations use)."""
     for override in overrides:
         if override.split("=", 1)[0] in PLANNED_KEYS:
             raise ConfigError(f"override {override!r}: the benchmark sets {PLANNED_KEYS} itself "
@@ -132,6 +144,7 @@ def run_config(overrides: Sequence[str], output_dir: Path, preset: str, method: 
     config.model.preset = preset
     config.distill = dataclasses.replace(config.distill, method=method, teacher_checkpoint=teacher_checkpoint)
     config.trainer.seed = seed
+    config.data.val_split = val_split
     return config
 
 
@@ -145,12 +158,12 @@ def plan_runs(plan: BenchmarkPlan, out_dir: str | Path) -> list[PlannedRun]:
         teacher_dir = teachers_dir / pair.teacher
         teacher_checkpoint = pair.teacher_checkpoint or str(teacher_dir / Trainer.LAST)
         teacher = run_config([*plan.overrides, *plan.teacher_overrides], teacher_dir, pair.teacher, "none",
-                             plan.teacher_seed)
+                             plan.teacher_seed, val_split=plan.tune_split)
         runs.append(PlannedRun(pair, TEACHER_ROW, "none", plan.teacher_seed, teacher))
         for seed in plan.seeds:
             for row in plan.rows():
                 folder = out_dir / pair.name / row.name / f"seed{seed}"
                 config = run_config([*plan.overrides, *row.overrides], folder, pair.student, row.method, seed,
-                                    teacher_checkpoint if row.method != "none" else "")
+                                    teacher_checkpoint if row.method != "none" else "", val_split=plan.tune_split)
                 runs.append(PlannedRun(pair, row.name, row.method, seed, config))
     return runs

@@ -50,6 +50,12 @@ def summarise(results: BenchmarkResults) -> dict[str, list[RowSummary]]:
             for pair in results.plan.pairs}
 
 
+#: Two-sided 95 % critical values of Student's t by degrees of freedom (1..20; more seeds use the value at 20,
+#: slightly wider than exact).
+T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
+         2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086)
+
+
 @dataclass(frozen=True)
 class PairedGain:
     """A student row against the student without KD trained from the same seed (same initialisation and
@@ -67,6 +73,16 @@ class PairedGain:
     @property
     def seeds_won(self) -> int:
         return sum(gain > 0 for gain in self.gain_by_seed.values())
+
+    @property
+    def interval95(self) -> tuple[float, float] | None:
+        """The 95 % confidence interval of the mean gain over seeds (Student's t on the paired differences);
+        None below two paired seeds."""
+        gains = list(self.gain_by_seed.values())
+        if len(gains) < 2:
+            return None
+        half = T_975[min(len(gains) - 1, len(T_975)) - 1] * statistics.stdev(gains) / len(gains) ** 0.5
+        return statistics.fmean(gains) - half, statistics.fmean(gains) + half
 
 
 def paired_gains(results: BenchmarkResults) -> dict[str, list[PairedGain]]:
@@ -97,8 +113,8 @@ def write_reports(results: BenchmarkResults, out_dir: str | Path) -> None:
                     "repeats": results.plan.latency_repeats, "statistic": "median ms per frame, forward only"},
         "runs": [dataclasses.asdict(run) for run in results.runs],
         "summary": {pair: [dataclasses.asdict(row) for row in rows] for pair, rows in summary.items()},
-        "paired": {pair: [{**dataclasses.asdict(row), "mean_gain": row.mean_gain, "seeds_won": row.seeds_won}
-                          for row in rows] for pair, rows in paired.items()},
+        "paired": {pair: [{**dataclasses.asdict(row), "mean_gain": row.mean_gain, "seeds_won": row.seeds_won,
+                           "interval95": row.interval95} for row in rows] for pair, rows in paired.items()},
     })
     (out_dir / "results.md").write_text(format_markdown(results, summary, paired), encoding="utf-8")
     write_bytes(out_dir / "results.png", render_plot(results.plan.title, summary))
@@ -108,7 +124,8 @@ def format_markdown(results: BenchmarkResults, summary: Mapping[str, list[RowSum
                     paired: Mapping[str, list[PairedGain]]) -> str:
     plan = results.plan
     lines = [f"# {plan.title}", "",
-             f"Seeds {', '.join(map(str, plan.seeds))}; {results.validation_frames} validation frames; "
+             f"Seeds {', '.join(map(str, plan.seeds))}; {results.validation_frames} frames of the "
+             f"'{plan.report_split}' split (held out: settings are chosen on '{plan.tune_split}'); "
              f"trained and evaluated on {results.device}. mAP and NDS in %, mean ± sample std over seeds; "
              f"Δ mAP against the student without KD; GMACs on the first validation frame; latency: CPU forward "
              f"of one frame ({results.cpu_threads} threads, median); training cost per frame from the runs' "
@@ -136,14 +153,17 @@ def _paired_table(rows: Sequence[PairedGain], seeds: Sequence[int]) -> list[str]
         return " / ".join(f"{100 * values[seed]:{spec}}" if seed in values else "–" for seed in seeds)
 
     lines = ["", f"mAP per seed ({' / '.join(map(str, seeds))}) and the gain over no KD trained from the same seed:",
-             "", "| row | mAP per seed | gain per seed | mean gain | seeds won |", "|---|---|---|---:|---:|"]
+             "", "| row | mAP per seed | gain per seed | mean gain | 95 % interval | seeds won |",
+             "|---|---|---|---:|---:|---:|"]
     for row in rows:
         scores = per_seed(row.mAP_by_seed, ".2f")
         if row.row == NO_KD_ROW:
-            lines.append(f"| {row.row} | {scores} | | | |")
+            lines.append(f"| {row.row} | {scores} | | | | |")
         elif row.mean_gain is not None:
+            interval = row.interval95
+            shown = "–" if interval is None else f"[{100 * interval[0]:+.2f}, {100 * interval[1]:+.2f}]"
             lines.append(f"| {row.row} | {scores} | {per_seed(row.gain_by_seed, '+.2f')} | "
-                         f"{100 * row.mean_gain:+.2f} | {row.seeds_won} of {len(row.gain_by_seed)} |")
+                         f"{100 * row.mean_gain:+.2f} | {shown} | {row.seeds_won} of {len(row.gain_by_seed)} |")
     return lines
 
 

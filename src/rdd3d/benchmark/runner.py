@@ -23,7 +23,7 @@ def run_benchmark(plan: BenchmarkPlan, out_dir: str | Path, progress: Callable[[
     """Train (or reuse) and measure every run of ``plan``; write the reports into ``out_dir``."""
     out_dir = Path(out_dir)
     runs = plan_runs(plan, out_dir)
-    shared = load_run_config((), plan.overrides)
+    shared = load_run_config((), [*plan.overrides, f"data.val_split={plan.report_split}"])
     frames, val_set = validation_frames(shared)
     device = init_distributed(shared.device).device
     measured: dict[Path, RunResult] = {}  # by checkpoint: a teacher shared by pairs is measured once

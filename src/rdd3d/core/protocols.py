@@ -51,8 +51,8 @@ def missing_members(obj: object, protocol: type) -> list[str]:
 class DetectionDataset(Protocol):
     """A split that rdd3d trains on and scores: indexable frames with their class table.
 
-    ``evaluation`` names the metric that applies to it (``"nuscenes"``: mAP/NDS with per-class
-    ``class_ranges`` in metres; ``"kitti"``: KITTI AP).
+    ``evaluation`` names the metric that applies to it, an entry of ``rdd3d.evaluation.base.EVALUATIONS``
+    (``"nuscenes"``: mAP/NDS with per-class ``class_ranges`` in metres; ``"kitti"``: KITTI AP).
     """
 
     classes: ClassTable

@@ -12,10 +12,11 @@ from typing import Any, Sequence
 
 from rdd3d.core.config_loading import build_config, require
 from rdd3d.data.synthetic.config import WorldConfig
+from rdd3d.data.synthetic.dataset import EVALUATION_SPLITS
 from rdd3d.data.transforms import AugmentationConfig
 from rdd3d.distill.methods import DistillConfig
 from rdd3d.engine.trainer import OptimConfig, TrainerConfig
-from rdd3d.models.presets import list_datasets, preset_config
+from rdd3d.models.presets import preset_config
 
 
 @dataclass
@@ -54,6 +55,10 @@ class DataConfig:
     cache_in_memory: bool = True  # read every frame once, before training (off for real datasets)
     train_size: int = 600  # frames per epoch (on-the-fly generation only)
     val_size: int = 100
+    # synthetic: the split the evaluation frames come from, "val" (where settings are tuned) or "test" (held out
+    # for reported tables: a benchmark plan reports there); frames depend on (seed, split, index), so the
+    # splits never share a scene
+    val_split: str = "val"
     seed: int = 0  # the world's seed (which scenes); not the training seed
     world: WorldConfig = field(default_factory=WorldConfig)
     nuscenes: NuScenesDataConfig = field(default_factory=NuScenesDataConfig)
@@ -65,6 +70,7 @@ class DataConfig:
         for name in ("train_size", "val_size"):
             require(getattr(self, name) >= 1, f"data.{name}", ">= 1", getattr(self, name))
         require(self.seed >= 0, "data.seed", ">= 0", self.seed)
+        require(self.val_split in EVALUATION_SPLITS, "data.val_split", f"one of {EVALUATION_SPLITS}", self.val_split)
 
 
 @dataclass
@@ -99,10 +105,10 @@ class RunConfig:
     def __post_init__(self) -> None:
         require(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "device",
                 "auto, cpu, cuda or cuda:N", self.device)
-        require(self.data.dataset in list_datasets(), "data.dataset", f"one of {list_datasets()}", self.data.dataset)
-        # Checked now, not when the first evaluation after hours of training looks the metric up.
-        from rdd3d.engine.datasets import summary_metric_names
+        from rdd3d.engine.datasets import DATASETS, summary_metric_names  # it imports DataConfig from here
 
+        require(self.data.dataset in DATASETS, "data.dataset", f"one of {tuple(DATASETS)}", self.data.dataset)
+        # Checked now, not when the first evaluation after hours of training looks the metric up.
         names = summary_metric_names(self.data)
         require(self.trainer.best_metric in names, "trainer.best_metric",
                 f"a metric of data.dataset={self.data.dataset!r}: one of {list(names)}", self.trainer.best_metric)

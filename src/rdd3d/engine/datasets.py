@@ -1,53 +1,71 @@
-"""The datasets a run reads (``data.dataset``) and how each is scored and exported.
+"""The datasets a run reads (``data.dataset``), one :data:`DATASETS` entry each, and how each is scored and
+exported.
 
 Each split is a :class:`~rdd3d.core.protocols.DetectionDataset`: frames with ``classes``, ``class_ranges``
-and ``evaluation``: ``"nuscenes"`` (the synthetic world and nuScenes, mAP/NDS) or ``"kitti"`` (KITTI AP). Everything dataset-specific downstream of
-the frames goes through :func:`evaluate`, :func:`summary_metrics` and :func:`write_predictions`.
+and ``evaluation``, the name of its metric in :data:`rdd3d.evaluation.base.EVALUATIONS` (``"nuscenes"``: the
+synthetic world and nuScenes, mAP/NDS; ``"kitti"``: KITTI AP). Everything dataset-specific downstream of the
+frames goes through :func:`evaluate`, :func:`summary_metrics` and :func:`write_predictions`.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
-from rdd3d.data.collate import CachedFrames
 from rdd3d.core.protocols import DetectionDataset
+from rdd3d.core.registry import Registry
 from rdd3d.core.types import Frame
+from rdd3d.data.collate import CachedFrames
+from rdd3d.data.kitti import DEFAULT_CLASSES as KITTI_DEFAULT_CLASSES
+from rdd3d.data.kitti import KittiDataset
+from rdd3d.data.nuscenes import DEFAULT_CLASSES as NUSCENES_DEFAULT_CLASSES
+from rdd3d.data.nuscenes import NuScenesDataset
+from rdd3d.data.synthetic import CLASS_NAMES as SYNTHETIC_CLASSES
+from rdd3d.data.synthetic import DiskDataset, SyntheticDataset
 from rdd3d.engine.config import DataConfig
-from rdd3d.models.presets import list_datasets
+from rdd3d.evaluation import nuscenes_io
+from rdd3d.evaluation.base import EVALUATIONS, MetricResult
+# Importing the modules that define the metrics registers them in EVALUATIONS.
+from rdd3d.evaluation.detection_metrics import detections_to_table, frame_metric_config
+from rdd3d.evaluation.kitti_predictions import write_kitti_results
+from rdd3d.evaluation.nuscenes_export import write_submission
+
+#: (path, split, frames, detections, submission meta or None) -> nothing; writes the dataset's result files.
+PredictionWriter = Callable[[Path, DetectionDataset, Sequence[Frame], Sequence[Any], Mapping | None], None]
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A dataset a run may read: how its splits are built, its fixed class table, its metric, its result files."""
+
+    name: str  # what data.dataset names
+    splits: Callable[[DataConfig], tuple[DetectionDataset, DetectionDataset]]  # train and val, from the run's data
+    classes: tuple[str, ...]  # the class table of its splits, in label order
+    evaluation: str  # the EVALUATIONS entry its splits name
+    write_predictions: PredictionWriter
+    needs_root: bool = True  # data.root must name the dataset's folder
+
+
+#: Every dataset a run may read, each registered after the function that builds its splits.
+DATASETS: Registry[Dataset] = Registry("dataset")
 
 
 def build_datasets(data: DataConfig) -> tuple[DetectionDataset, DetectionDataset]:
     """The train and val splits ``data`` names (cached in memory when ``data.cache_in_memory``)."""
-    if data.dataset not in list_datasets():
-        raise ValueError(f"data.dataset={data.dataset!r}: expected one of {list_datasets()}")
-    if data.dataset != "synthetic" and not data.root:
+    if data.dataset not in DATASETS:
+        raise ValueError(f"data.dataset={data.dataset!r}: expected one of {tuple(DATASETS)}")
+    dataset = DATASETS[data.dataset]
+    if dataset.needs_root and not data.root:
         raise ValueError(f"data.root is empty: data.dataset={data.dataset!r} needs the dataset's folder")
-    if data.dataset == "synthetic":
-        train, val = _synthetic(data)
-    elif data.dataset == "nuscenes":
-        train, val = _nuscenes(data)
-    else:
-        train, val = _kitti(data)
+    train, val = dataset.splits(data)
     if data.cache_in_memory:
         train, val = CachedFrames(train, "train"), CachedFrames(val, "val")
     return train, val
 
 
-def _synthetic(data: DataConfig):
-    from rdd3d.data.synthetic import SyntheticDataset
-    from rdd3d.data.synthetic.disk import DiskDataset
-
-    if data.root:
-        return DiskDataset(data.root, "train"), DiskDataset(data.root, "val")
-    return (SyntheticDataset("train", data.train_size, seed=data.seed, config=data.world),
-            SyntheticDataset("val", data.val_size, seed=data.seed, config=data.world))
-
-
 def _nuscenes(data: DataConfig):
-    from rdd3d.data.nuscenes import NuScenesDataset
-
     options = data.nuscenes
     for name in ("train_info", "val_info"):
         if not getattr(options, name):
@@ -59,54 +77,63 @@ def _nuscenes(data: DataConfig):
     return train, val
 
 
-def _kitti(data: DataConfig):
-    from rdd3d.data.kitti import KittiDataset
+DATASETS.register(Dataset(
+    "nuscenes", _nuscenes, NUSCENES_DEFAULT_CLASSES, NuScenesDataset.evaluation,
+    lambda path, split, frames, detections, meta: write_submission(path, frames, detections, meta=meta),
+))
 
+
+def _kitti(data: DataConfig):
     options = data.kitti
     return tuple(KittiDataset(data.root, split, fov_only=options.fov_only, on_missing=data.on_missing)
                  for split in (options.train_split, options.val_split))
 
 
-def evaluate(dataset: DetectionDataset, frames: Sequence[Frame], detections: Sequence) -> Any:
+DATASETS.register(Dataset(
+    "kitti", _kitti, KITTI_DEFAULT_CLASSES, KittiDataset.evaluation,
+    lambda path, split, frames, detections, meta: write_kitti_results(path, frames, detections),
+))
+
+
+def _synthetic(data: DataConfig):
+    if data.root:
+        return DiskDataset(data.root, "train"), DiskDataset(data.root, data.val_split)
+    return (SyntheticDataset("train", data.train_size, seed=data.seed, config=data.world),
+            SyntheticDataset(data.val_split, data.val_size, seed=data.seed, config=data.world))
+
+
+def _write_synthetic(path: Path, split: DetectionDataset, frames: Sequence[Frame], detections: Sequence[Any],
+                     meta: Mapping | None) -> None:
+    """A submission-format JSON in the LiDAR frame, which `rdd3d eval --results` scores against a
+    `rdd3d simulate` folder."""
+    config = frame_metric_config(split.class_ranges, split.classes.names)
+    nuscenes_io.write_results(path, detections_to_table(frames, detections), config,
+                              {"use_lidar": True} if meta is None else meta)
+
+
+DATASETS.register(Dataset(
+    "synthetic", _synthetic, SYNTHETIC_CLASSES, SyntheticDataset.evaluation, _write_synthetic, needs_root=False,
+))
+
+
+def evaluate(dataset: DetectionDataset, frames: Sequence[Frame], detections: Sequence) -> MetricResult:
     """The full result of ``dataset``'s metric (``NuScenesMetrics`` or ``KittiResult``: both have
     ``format_table()`` and ``to_dict()``)."""
-    if dataset.evaluation == "kitti":
-        from rdd3d.data.kitti import evaluate_kitti_frames
-
-        return evaluate_kitti_frames(frames, detections)
-    from rdd3d.evaluation.detection_metrics import evaluate_frames
-
-    return evaluate_frames(frames, detections, dataset.class_ranges)
+    return EVALUATIONS[dataset.evaluation].evaluate(dataset, frames, detections)
 
 
 def summary_metrics(dataset: DetectionDataset, result) -> dict[str, float]:
     """The scalars logged and tabulated for a result of :func:`evaluate`; ``mAP`` is always there
     (KITTI: the mean moderate 3D AP R40 over the classes, as a fraction)."""
-    if dataset.evaluation == "kitti":
-        from rdd3d.data.kitti import kitti_summary
-
-        return kitti_summary(result, dataset.classes.names)
-    values = {"mAP": result.mean_ap, "NDS": result.nd_score}
-    values.update({f"err/{name}": value for name, value in result.tp_errors.items()})
-    values.update({f"AP/{name}": value for name, value in result.mean_dist_aps.items()})
-    return values
+    return EVALUATIONS[dataset.evaluation].summary(result, dataset.classes.names)
 
 
 def summary_metric_names(data: DataConfig) -> tuple[str, ...]:
     """The keys :func:`summary_metrics` gives for ``data.dataset`` (e.g. the names ``trainer.best_metric`` may
     take), known from the config alone: each dataset's class table is fixed (the synthetic world's, the
     nuScenes detection classes, KITTI's Car, Pedestrian and Cyclist)."""
-    if data.dataset == "kitti":
-        from rdd3d.data.kitti.dataset import DEFAULT_CLASSES
-
-        return ("mAP", *(f"{kind}/{name}" for kind in ("AP", "AP_bev") for name in DEFAULT_CLASSES))
-    if data.dataset == "nuscenes":
-        from rdd3d.data.nuscenes.dataset import DEFAULT_CLASSES as classes
-    else:
-        from rdd3d.data.synthetic.catalog import CLASS_NAMES as classes
-    from rdd3d.evaluation.nuscenes_metrics import TP_METRICS
-
-    return ("mAP", "NDS", *(f"err/{name}" for name in TP_METRICS), *(f"AP/{name}" for name in classes))
+    dataset = DATASETS[data.dataset]
+    return EVALUATIONS[dataset.evaluation].summary_names(dataset.classes)
 
 
 def write_predictions(data: DataConfig, dataset: DetectionDataset, frames: Sequence[Frame], detections: Sequence,
@@ -115,19 +142,5 @@ def write_predictions(data: DataConfig, dataset: DetectionDataset, frames: Seque
     global frame, a folder of KITTI result files, or (synthetic world) a submission-format JSON in the
     LiDAR frame that `rdd3d eval --results` scores against a `rdd3d simulate` folder."""
     path = Path(path)
-    if data.dataset == "kitti":
-        from rdd3d.data.kitti import write_kitti_results
-
-        write_kitti_results(path, frames, detections)
-    elif data.dataset == "nuscenes":
-        from rdd3d.data.nuscenes import write_submission
-
-        write_submission(path, frames, detections, meta=meta)
-    else:
-        from rdd3d.evaluation import nuscenes_io
-        from rdd3d.evaluation.detection_metrics import detections_to_table, frame_metric_config
-
-        config = frame_metric_config(dataset.class_ranges, dataset.classes.names)
-        nuscenes_io.write_results(path, detections_to_table(frames, detections), config,
-                                  {"use_lidar": True} if meta is None else meta)
+    DATASETS[data.dataset].write_predictions(path, dataset, frames, detections, meta)
     return path

@@ -22,6 +22,7 @@ from typing import Any, Mapping, Protocol, Sequence
 import numpy as np
 
 from rdd3d.core.types import Boxes3D, Frame
+from rdd3d.evaluation.base import EVALUATIONS, Evaluation
 from rdd3d.evaluation.nuscenes_metrics import (
     DEVKIT_HALF_PERIOD_CLASSES, DEVKIT_TP_NOT_APPLICABLE, NO_ATTRIBUTE, TP_METRICS, UNKNOWN_NUM_PTS, BoxTable,
     MetricConfig, NuScenesMetrics, evaluate_detections,
@@ -81,6 +82,20 @@ def evaluate_frames(frames: Sequence[Frame], detections: Sequence[DetectionsLike
         raise ValueError(f"config classes {list(config.class_names)} differ from the frames' "
                          f"{list(classes.names)} (labels index both)")
     return evaluate_detections(frames_to_table(frames), detections_to_table(frames, detections), config)
+
+
+def frame_summary(result: NuScenesMetrics, classes: Sequence[str]) -> dict[str, float]:
+    """The scalars to log after :func:`evaluate_frames`: ``mAP``, ``NDS``, ``err/<TP metric>`` and
+    ``AP/<class>`` (the class's AP averaged over the distance thresholds)."""
+    values = {"mAP": result.mean_ap, "NDS": result.nd_score}
+    values.update({f"err/{name}": value for name, value in result.tp_errors.items()})
+    values.update({f"AP/{name}": value for name, value in result.mean_dist_aps.items()})
+    return values
+
+
+def frame_summary_names(classes: Sequence[str]) -> tuple[str, ...]:
+    """The keys :func:`frame_summary` gives for ``classes``."""
+    return ("mAP", "NDS", *(f"err/{name}" for name in FRAME_TP_METRICS), *(f"AP/{name}" for name in classes))
 
 
 def frames_to_table(frames: Sequence[Frame]) -> BoxTable:
@@ -144,3 +159,9 @@ def as_numpy(value: Any) -> np.ndarray:
     if hasattr(value, "detach"):
         value = value.detach().cpu().numpy()
     return np.asarray(value)
+
+
+EVALUATIONS.register(Evaluation(
+    "nuscenes", lambda dataset, frames, detections: evaluate_frames(frames, detections, dataset.class_ranges),
+    frame_summary, frame_summary_names,
+))

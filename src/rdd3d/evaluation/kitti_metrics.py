@@ -40,12 +40,8 @@ from rdd3d.core.geometry import (
     bev_overlap_area_aligned,
     iou3d_from_overlap,
 )
-from rdd3d.evaluation.kitti_format import DONT_CARE, KittiObjects
+from rdd3d.data.kitti.format import DIFFICULTIES, DONT_CARE, MAX_OCCLUSION, MAX_TRUNCATION, MIN_HEIGHT, KittiObjects
 
-DIFFICULTIES = ("easy", "moderate", "hard")
-MIN_HEIGHT = (40.0, 25.0, 25.0)  # px, ground truth and detections
-MAX_OCCLUSION = (0, 1, 2)
-MAX_TRUNCATION = (0.15, 0.3, 0.5)
 METRICS = ("bbox", "bev", "3d")
 NUM_SAMPLE_POINTS = 41
 #: Ground truth of the neighbouring class is ignored, not missed, and detections on it are not FPs.
@@ -253,18 +249,6 @@ def _dontcare_cover(gt: _Stacked, det: _Stacked, num_frames: int) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- ignore rules
-
-
-def kitti_difficulty(objects: KittiObjects) -> np.ndarray:
-    """``(N,)`` int64 per object: 0 easy, 1 moderate, 2 hard (the easiest level whose height, occlusion
-    and truncation limits it meets, as the metric applies them), -1 beyond hard (OpenPCDet's
-    ``difficulty`` -1, which its ground-truth sampler filters out)."""
-    level = np.full(len(objects.names), -1, dtype=np.int64)
-    for difficulty in reversed(range(len(DIFFICULTIES))):
-        meets = ((objects.occluded <= MAX_OCCLUSION[difficulty]) & (objects.truncated <= MAX_TRUNCATION[difficulty])
-                 & (objects.bbox_height > MIN_HEIGHT[difficulty]))
-        level[meets] = difficulty
-    return level
 
 
 def _ignored(gt: _Stacked, det: _Stacked, class_name: str, difficulty: int) -> tuple[np.ndarray, np.ndarray]:

@@ -34,10 +34,8 @@ from typing import Mapping
 
 import numpy as np
 
-NUSCENES_CLASSES = (
-    "car", "truck", "bus", "trailer", "construction_vehicle",
-    "pedestrian", "motorcycle", "bicycle", "traffic_cone", "barrier",
-)
+from rdd3d.data.nuscenes.classes import DETECTION_RANGES
+
 NUSCENES_ATTRIBUTES = (
     "pedestrian.moving", "pedestrian.sitting_lying_down", "pedestrian.standing",
     "cycle.with_rider", "cycle.without_rider",
@@ -143,9 +141,7 @@ class MetricConfig:
 
 def detection_cvpr_2019() -> MetricConfig:
     """The devkit's ``config_factory('detection_cvpr_2019')``: the official nuScenes settings."""
-    ranges = {"car": 50, "truck": 50, "bus": 50, "trailer": 50, "construction_vehicle": 50,
-              "pedestrian": 40, "motorcycle": 40, "bicycle": 40, "traffic_cone": 30, "barrier": 30}
-    return MetricConfig(class_range=ranges)
+    return MetricConfig(class_range=DETECTION_RANGES)
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,8 @@ from functools import partial
 from typing import Callable
 
 from rdd3d.core.config_loading import with_changes
+from rdd3d.data.kitti.dataset import DEFAULT_CLASSES as KITTI_DEFAULT_CLASSES
+from rdd3d.data.nuscenes.dataset import DEFAULT_CLASSES as NUSCENES_DEFAULT_CLASSES
 from rdd3d.data.synthetic.catalog import CLASS_NAMES as SYNTHETIC_CLASSES
 from rdd3d.data.synthetic.catalog import CLASS_SPECS as SYNTHETIC_SPECS
 from rdd3d.data.synthetic.config import LidarConfig
@@ -68,8 +70,7 @@ class DatasetSetup:
 
 #: OpenPCDet's CenterPoint nuScenes class order and its six heads.
 NUSCENES = DatasetSetup(
-    classes=("car", "truck", "construction_vehicle", "bus", "trailer", "barrier", "motorcycle", "bicycle",
-             "pedestrian", "traffic_cone"),
+    classes=NUSCENES_DEFAULT_CLASSES,
     class_groups=(("car",), ("truck", "construction_vehicle"), ("bus", "trailer"), ("barrier",),
                   ("motorcycle", "bicycle"), ("pedestrian", "traffic_cone")),
     point_columns=("x", "y", "z", "intensity", "time_lag"),
@@ -88,7 +89,7 @@ NUSCENES = DatasetSetup(
 
 #: OpenPCDet's KITTI CenterPoint settings (one head for the three classes, no velocity).
 KITTI = DatasetSetup(
-    classes=("Car", "Pedestrian", "Cyclist"),
+    classes=KITTI_DEFAULT_CLASSES,
     class_groups=(("Car", "Pedestrian", "Cyclist"),),
     point_columns=("x", "y", "z", "intensity"),
     with_velocity=False,

@@ -8,7 +8,7 @@ Layout (docs/data-kitti.md)::
     root/training|testing/image_2/<id>.png       only its size is read
     root/training/label_2/<id>.txt               ground truth (the testing split has none)
 
-Boxes are converted to the LiDAR frame by :mod:`rdd3d.evaluation.kitti_format`; everything the
+Boxes are converted to the LiDAR frame by :mod:`rdd3d.data.kitti.format`; everything the
 KITTI metric needs beyond them (truncation, occlusion, 2D boxes, DontCare regions, other classes)
 stays in ``Frame.metadata`` under the keys listed in :data:`METADATA_KEYS`.
 """
@@ -25,15 +25,15 @@ import numpy as np
 
 from rdd3d.data.io import read_points
 from rdd3d.core.types import Boxes3D, ClassTable, Frame
-from rdd3d.evaluation.kitti_format import (
+from rdd3d.data.kitti.format import (
     KittiCalibration,
     KittiFormatError,
     camera_to_lidar_boxes,
+    kitti_difficulty,
     read_calib_file,
     read_image_shape,
     read_label_file,
 )
-from rdd3d.evaluation.kitti_metrics import kitti_difficulty
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +100,8 @@ def _checked_ids(placed_ids: Sequence[tuple[str, str]], source: str) -> list[str
 
 
 class KittiDataset:
-    """Frames of a KITTI split: points (FOV-filtered by default), LiDAR boxes of ``classes``, and
-    the KITTI ground truth in ``metadata`` for :func:`rdd3d.data.kitti.evaluate_kitti_frames`.
+    """Frames of a KITTI split: points (FOV-filtered by default), LiDAR boxes of ``classes``, and the
+    KITTI ground truth in ``metadata`` for :func:`rdd3d.evaluation.kitti_predictions.evaluate_kitti_frames`.
 
     ``split`` names ``root/ImageSets/<split>.txt``; split ``"test"`` reads ``root/testing`` (no
     labels), every other split ``root/training``. ``frame_ids`` replaces the split file. A frame
@@ -109,7 +109,7 @@ class KittiDataset:
     is left out with one warning for all of them (``"skip"``), when the dataset is built.
     """
 
-    evaluation = "kitti"  # the metric that applies: rdd3d.data.kitti.evaluate_kitti_frames
+    evaluation = "kitti"  # the metric that applies: KITTI AP (rdd3d.evaluation.kitti_predictions)
 
     def __init__(
         self,

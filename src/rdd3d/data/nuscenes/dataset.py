@@ -18,13 +18,13 @@ from typing import Sequence
 import numpy as np
 
 from rdd3d.data.io import read_point_array
+from rdd3d.data.nuscenes.classes import DETECTION_RANGES
 from rdd3d.data.nuscenes.infos import SampleInfo, load_infos
 from rdd3d.data.nuscenes.poses import transform_points
 from rdd3d.core.types import Boxes3D, ClassTable, Frame, PointCloud
-from rdd3d.evaluation.nuscenes_metrics import detection_cvpr_2019
 
-#: The 10 detection classes in the label order of the nuScenes detector presets
-#: (``rdd3d.models.presets.NUSCENES.classes``, OpenPCDet's CenterPoint order).
+#: The 10 detection classes in OpenPCDet's CenterPoint label order, which the nuScenes detector presets
+#: use too (``rdd3d.models.presets.NUSCENES.classes``).
 DEFAULT_CLASSES = ("car", "truck", "construction_vehicle", "bus", "trailer", "barrier", "motorcycle", "bicycle",
                    "pedestrian", "traffic_cone")
 POINT_COLUMNS = ("x", "y", "z", "intensity", "time_lag")
@@ -34,7 +34,7 @@ EGO_RADIUS = 1.0  # metres: sweep points with |x| and |y| below this are the ego
 METADATA_KEYS = (
     "sample_token",  # str, also the frame id
     "timestamp",  # float seconds
-    "pose",  # LidarPose: lidar2ego and ego2global, what rdd3d.data.nuscenes.export needs
+    "pose",  # LidarPose: lidar2ego and ego2global, what rdd3d.evaluation.nuscenes_export needs
     "num_points",  # (M,) int64 num_lidar_pts + num_radar_pts: the devkit evaluation's num_pts
     "num_lidar_pts",  # (M,) int64
     "num_radar_pts",  # (M,) int64
@@ -92,17 +92,16 @@ class NuScenesDataset:
             raise ValueError(f"max_sweeps counts the keyframe too and must be >= 1, got {max_sweeps}")
         if load_interval < 1:
             raise ValueError(f"load_interval must be >= 1, got {load_interval}")
-        ranges = detection_cvpr_2019().class_range
-        unknown = [name for name in classes if name not in ranges]
+        unknown = [name for name in classes if name not in DETECTION_RANGES]
         if unknown or not classes:
-            raise ValueError(f"NuScenesDataset classes must be nuScenes detection classes {list(ranges)}, "
+            raise ValueError(f"NuScenesDataset classes must be nuScenes detection classes {list(DETECTION_RANGES)}, "
                              f"got {list(classes)}")
         self.info_file, self.dataroot = Path(info_file), Path(dataroot)
         self.max_sweeps, self.drop_empty_boxes = max_sweeps, drop_empty_boxes
         if not self.dataroot.is_dir():
             raise FileNotFoundError(f"{self.dataroot}: nuScenes dataroot not found")
         self.classes = ClassTable(tuple(classes))
-        self.class_ranges = {name: float(ranges[name]) for name in self.classes.names}
+        self.class_ranges = {name: float(DETECTION_RANGES[name]) for name in self.classes.names}
         infos = load_infos(info_file)
         self.version, self.split = infos.version, infos.split
         self.infos: tuple[SampleInfo, ...] = infos.samples[::load_interval]

@@ -12,6 +12,8 @@ from rdd3d.core.types import Boxes3D, ClassTable, Frame, PointCloud
 
 #: Split name -> the number that enters every frame's random seed, so splits never share a scene.
 SPLITS = {"train": 0, "val": 1, "test": 2}
+#: Where a run's evaluation frames may come from: "val", the split settings are tuned on; "test", held out.
+EVALUATION_SPLITS = ("val", "test")
 
 #: Evaluation range per class (metres from the sensor), as nuScenes' class_range: objects are placed
 #: out to 40 m, so vehicles count to 40 m; the small classes, which get only a handful of points

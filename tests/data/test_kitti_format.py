@@ -8,7 +8,7 @@ import pytest
 
 from rdd3d.data.io import read_point_array, read_points
 from rdd3d.core.types import Boxes3D
-from rdd3d.evaluation.kitti_format import (
+from rdd3d.data.kitti.format import (
     KittiFormatError,
     KittiObjects,
     camera_to_lidar_boxes,

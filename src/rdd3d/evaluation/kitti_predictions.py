@@ -1,6 +1,7 @@
-"""LiDAR detections on :class:`KittiDataset` frames -> KITTI result files and KITTI AP.
+"""LiDAR detections on :class:`~rdd3d.data.kitti.KittiDataset` frames -> KITTI result files and KITTI AP
+(the ``"kitti"`` evaluation).
 
-The conversion is :func:`rdd3d.evaluation.kitti_format.detections_from_lidar_boxes` (camera-frame
+The conversion is :func:`rdd3d.data.kitti.format.detections_from_lidar_boxes` (camera-frame
 box, ``alpha``, 2D box from the projected corners) with each frame's calibration and image size.
 """
 
@@ -13,8 +14,9 @@ from typing import Sequence
 import numpy as np
 
 from rdd3d.core.types import Boxes3D, Frame
+from rdd3d.data.kitti.format import KittiObjects, detections_from_lidar_boxes, write_label_file
+from rdd3d.evaluation.base import EVALUATIONS, Evaluation
 from rdd3d.evaluation.detection_metrics import DetectionsLike, as_numpy
-from rdd3d.evaluation.kitti_format import KittiObjects, detections_from_lidar_boxes, write_label_file
 from rdd3d.evaluation.kitti_metrics import METRICS, KittiResult, evaluate_kitti
 
 #: (height, width) of most KITTI object images; 2D boxes of frames without image_2 are clipped to it.
@@ -80,3 +82,14 @@ def kitti_summary(result: KittiResult, classes: Sequence[str]) -> dict[str, floa
     values = {f"AP/{name}": result.ap(name, "3d", "moderate", 40) / 100 for name in classes}
     values.update({f"AP_bev/{name}": result.ap(name, "bev", "moderate", 40) / 100 for name in classes})
     return {"mAP": float(np.mean([values[f"AP/{name}"] for name in classes])), **values}
+
+
+def kitti_summary_names(classes: Sequence[str]) -> tuple[str, ...]:
+    """The keys :func:`kitti_summary` gives for ``classes``."""
+    return ("mAP", *(f"{kind}/{name}" for kind in ("AP", "AP_bev") for name in classes))
+
+
+EVALUATIONS.register(Evaluation(
+    "kitti", lambda dataset, frames, detections: evaluate_kitti_frames(frames, detections), kitti_summary,
+    kitti_summary_names,
+))

@@ -1,4 +1,5 @@
-"""KITTI object files and frames: ``label_2`` lines, ``calib`` files, camera <-> LiDAR boxes.
+"""KITTI object files and frames: ``label_2`` lines, the difficulty of a labelled object, ``calib`` files,
+camera <-> LiDAR boxes.
 
 KITTI conventions (the object devkit's readme):
 
@@ -34,6 +35,12 @@ LABEL_FIELDS = (
 )
 NUM_LABEL_FIELDS = 15  # ground truth; detections carry a 16th, the score
 DONT_CARE = "DontCare"
+#: KITTI's difficulty levels and the limits of each (the object devkit's): a labelled object of a level has a
+#: 2D box higher than MIN_HEIGHT, occlusion at most MAX_OCCLUSION and truncation at most MAX_TRUNCATION.
+DIFFICULTIES = ("easy", "moderate", "hard")
+MIN_HEIGHT = (40.0, 25.0, 25.0)  # px, ground truth and detections
+MAX_OCCLUSION = (0, 1, 2)
+MAX_TRUNCATION = (0.15, 0.3, 0.5)
 #: The calibration matrices we read and their shapes.
 CALIB_MATRICES = {"P2": (3, 4), "R0_rect": (3, 3), "Tr_velo_to_cam": (3, 4)}
 
@@ -188,6 +195,18 @@ def write_label_file(path: str | os.PathLike, objects: KittiObjects) -> None:
     """Write one frame's objects in KITTI format, atomically."""
     with atomic_open(path, "w", encoding="utf-8") as handle:
         handle.writelines(line + "\n" for line in format_label_lines(objects))
+
+
+def kitti_difficulty(objects: KittiObjects) -> np.ndarray:
+    """``(N,)`` int64 per object: 0 easy, 1 moderate, 2 hard (the easiest level whose height, occlusion
+    and truncation limits it meets, as the metric applies them), -1 beyond hard (OpenPCDet's
+    ``difficulty`` -1, which its ground-truth sampler filters out)."""
+    level = np.full(len(objects.names), -1, dtype=np.int64)
+    for difficulty in reversed(range(len(DIFFICULTIES))):
+        meets = ((objects.occluded <= MAX_OCCLUSION[difficulty]) & (objects.truncated <= MAX_TRUNCATION[difficulty])
+                 & (objects.bbox_height > MIN_HEIGHT[difficulty]))
+        level[meets] = difficulty
+    return level
 
 
 # ---------------------------------------------------------------- calibration

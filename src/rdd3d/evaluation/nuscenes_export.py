@@ -16,9 +16,9 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from rdd3d.core.types import Frame
 from rdd3d.data.nuscenes.dataset import LidarPose
 from rdd3d.data.nuscenes.poses import transform_boxes, transform_points, yaw_headings
-from rdd3d.core.types import Frame
 from rdd3d.evaluation.detection_metrics import DetectionsLike, detections_to_table
 from rdd3d.evaluation.nuscenes_io import results_from_table, write_results
 from rdd3d.evaluation.nuscenes_metrics import (
