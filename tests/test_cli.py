@@ -1,6 +1,7 @@
 """The command line as a script sees it: outputs, exit codes and messages."""
 
 import json
+from pathlib import Path
 import signal
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import pytest
 import yaml
 
 from rdd3d.cli import EXIT_FAILURE, EXIT_USAGE, main
+from rdd3d.benchmark import load_plan
 from rdd3d.core.checkpoint import load_checkpoint, save_checkpoint
 from rdd3d.data.synthetic.disk import DiskDataset
 from rdd3d.engine.run_logging import read_log
@@ -185,6 +187,24 @@ def test_distill_refuses_a_teacher_of_another_dataset_or_a_missing_one(tmp_path,
     assert "the teacher was trained on data.dataset='kitti', the student trains on 'synthetic'" \
         in capsys.readouterr().err
     assert not out.exists()  # refused before anything was written
+
+
+def test_calibrate_writes_one_variant_per_method_for_a_plan(tmp_path, tiny_teacher, capsys):
+    out = tmp_path / "calibration"
+    assert main(["calibrate", "--teacher", str(tiny_teacher), "--student", "cp-voxel-xxs", "--methods", "rdd", "kd",
+                 "lad", "--batches", "1", "--share", "0.2", "--out", str(out)]) == 0
+    report = json.loads((out / "calibration.json").read_text())
+    assert report["rule"]["share"] == 0.2 and report["frames"] == 2
+    assert [(w["method"], w["option"]) for w in report["weights"]] == [
+        ("rdd", "alpha_feature"), ("rdd", "alpha_logit"), ("kd", "weight")]
+    variants = yaml.safe_load((out / "variants.yaml").read_text())["variants"]
+    assert [v["name"] for v in variants] == ["rdd-cal", "kd-cal"]
+    assert variants[0]["overrides"][0].startswith("distill.rdd.alpha_feature=")
+    smoke = Path(__file__).parents[1] / "configs" / "benchmark" / "smoke.yaml"
+    plan = load_plan(smoke, [f"variants={json.dumps(variants)}"])
+    assert [row.name for row in plan.all_rows()] == ["none", "rdd", "rdd-cal", "kd-cal"]
+    assert main(["calibrate", "--teacher", str(tiny_teacher), "--student", "cp-voxel-xxs", "--methods", "rdd",
+                 "--share", "0", "--out", str(tmp_path / "x")]) == EXIT_USAGE
 
 
 def test_distill_says_when_teacher_and_student_are_of_different_families(tmp_path, tiny_teacher, caplog):

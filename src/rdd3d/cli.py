@@ -419,6 +419,81 @@ def _run_benchmark(args) -> None:
     print(f"wrote {out / 'results.json'}, {out / 'results.md'} and {out / 'results.png'}")
 
 
+# ----------------------------------------------------------------------------- calibrate
+def _add_calibrate(commands) -> None:
+    from rdd3d.distill.methods import METHOD_NAMES
+
+    parser = commands.add_parser(
+        "calibrate", help="one scale-calibrated variant per method, by a rule fixed before any score is seen",
+        description="Scale each weight option of the given methods so that its terms' gradient on the student's BEV "
+                    "map has --share times the norm of the detection loss's gradient there, averaged over batches "
+                    "of the tune split (the teacher's data, data.val_split=val) with the student at its "
+                    "initialisation (a preset, seeded by trainer.seed as its no-KD run is) or at a checkpoint. Writes calibration.json "
+                    "and variants.yaml, rows to paste into a benchmark plan's `variants` (docs/benchmarking.md).",
+    )
+    parser.add_argument("--teacher", required=True, type=Path, help="teacher checkpoint")
+    parser.add_argument("--student", required=True, help="student preset (at its initialisation) or checkpoint")
+    parser.add_argument("--methods", nargs="+", required=True, choices=[m for m in METHOD_NAMES if m != "none"])
+    parser.add_argument("--share", type=float, default=0.1, help="gradient norm share of the detection loss's")
+    parser.add_argument("--batches", type=int, default=4, help="batches of the tune split (default 4)")
+    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--out", required=True, type=Path, help="output folder")
+    _add_overwrite(parser)
+    _add_config_arguments(parser)
+    parser.set_defaults(handler=_run_calibrate)
+
+
+def _run_calibrate(args) -> None:
+    import dataclasses
+
+    import yaml
+
+    from rdd3d.core.fileio import write_bytes, write_json
+    from rdd3d.engine.calibration import CalibrationRule, calibrate
+    from rdd3d.engine.config import load_run_config
+    from rdd3d.engine.distributed import init_distributed
+    from rdd3d.engine.measure import validation_frames
+    from rdd3d.engine.runs import build_model, detector_from_checkpoint
+    from rdd3d.engine.trainer import seed_everything
+
+    try:
+        rule = CalibrationRule(args.share, args.batches, args.batch_size)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    _check_outputs(args, [args.out / "calibration.json", args.out / "variants.yaml"],
+                   inputs=[args.teacher, args.student])
+    device = init_distributed("cpu").device
+    teacher, teacher_config = detector_from_checkpoint(args.teacher, device)
+    if Path(args.student).suffix == ".pt":
+        student, config = detector_from_checkpoint(args.student, device)
+        if config.data.dataset != teacher_config.data.dataset:
+            raise UsageError(f"--teacher {args.teacher} and --student {args.student} were trained on different "
+                             "datasets")
+    else:
+        config = load_run_config(args.config, [*args.set, f"model.preset={args.student}"])
+        config.data = teacher_config.data
+        seed_everything(config.trainer.seed, config.trainer.deterministic)
+        student = build_model(config)
+    # The tune split of the teacher's data: choices are never made on the held-out one.
+    config.data = dataclasses.replace(teacher_config.data, val_split="val")
+    config.eval.max_frames = rule.batches * rule.batch_size
+    frames, _ = validation_frames(config)
+    found = calibrate(teacher, student, args.methods, frames, rule, base=config.distill)
+    write_json(args.out / "calibration.json", {"rule": dataclasses.asdict(rule), "teacher": str(args.teacher),
+                                               "student": args.student, "frames": len(frames),
+                                               "weights": [dataclasses.asdict(c) for c in found]})
+    variants = [{"name": f"{method}-cal", "method": method,
+                 "overrides": [c.override for c in found if c.method == method and c.override]}
+                for method in dict.fromkeys(c.method for c in found)]
+    write_bytes(args.out / "variants.yaml", yaml.safe_dump({"variants": variants}, sort_keys=False).encode())
+    print(f"{'method':<10} {'option':<18} {'default':>10} {'term grad':>11} {'det grad':>10} {'calibrated':>11}")
+    for c in found:
+        shown = "-" if c.calibrated is None else f"{c.calibrated:.4g}"
+        print(f"{c.method:<10} {c.option:<18} {c.default:>10.4g} {c.term_gradient:>11.3e} {c.detection_gradient:>10.3e} "
+              f"{shown:>11}")
+    print(f"wrote {args.out / 'calibration.json'} and {args.out / 'variants.yaml'}")
+
+
 # ----------------------------------------------------------------------------- disparity
 def _add_disparity(commands) -> None:
     parser = commands.add_parser(
@@ -627,7 +702,7 @@ def _world_config(overrides: Sequence[str]):
 
 COMMANDS: tuple[Callable, ...] = (_add_doctor, _add_demo, _add_simulate, _add_show, _add_nuscenes_infos,
                                  _add_gt_database, _add_train, _add_distill, _add_eval, _add_flops, _add_benchmark,
-                                 _add_disparity, _add_export, _add_predict)
+                                 _add_calibrate, _add_disparity, _add_export, _add_predict)
 
 
 def build_parser() -> argparse.ArgumentParser:

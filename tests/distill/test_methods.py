@@ -18,6 +18,15 @@ def test_every_registered_method_has_its_typed_block_in_the_run_config():
     assert set(METHOD_NAMES) == {"none", *METHODS}
 
 
+def test_every_weight_a_method_declares_is_a_float_option_scaling_its_own_terms():
+    for name, method in METHODS.items():
+        options = {field.name: field for field in dataclasses.fields(method.config)}
+        for weight, terms in method.weights.items():
+            assert weight in options and isinstance(getattr(method.config(), weight), float), (name, weight)
+            assert terms and all(term.startswith(f"{name}/") for term in terms), (name, terms)
+    assert METHODS["lad"].weights == {}  # LAD changes the student's targets: no term to scale
+
+
 @pytest.mark.parametrize("name", list(METHODS))
 def test_build_method_gives_the_registered_loss(name):
     losses = build_method(DistillConfig(method=name), student_channels=8, teacher_channels=16)

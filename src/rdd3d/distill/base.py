@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -108,6 +108,9 @@ class Method:
     name: str  # e.g. "gid-l"
     config: type  # its options dataclass, read from the config block ``distill.<block>``
     loss: type[DistillLoss]
+    # the options that scale its loss terms, each with the terms it multiplies (for scale calibration);
+    # empty for a method without a loss term of its own (LAD changes the student's targets)
+    weights: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def block(self) -> str:

@@ -309,4 +309,5 @@ def _mean_squared_distance(student: Tensor, teacher: Tensor) -> Tensor:
     return (student - teacher).pow(2).sum(dim=-1).mean(dim=1)
 
 
-METHODS.register(Method("rdd", RDDConfig, RDDLoss))
+METHODS.register(Method("rdd", RDDConfig, RDDLoss,
+                        {"alpha_feature": ("rdd/feature",), "alpha_logit": ("rdd/logit",)}))

@@ -82,4 +82,4 @@ class FGLoss(AdapterLoss):
         return {"fg/feature": self.config.weight * imitation}
 
 
-METHODS.register(Method("fg", FGConfig, FGLoss))
+METHODS.register(Method("fg", FGConfig, FGLoss, {"weight": ("fg/feature",)}))

@@ -190,5 +190,7 @@ class GIDFeatureLoss(AdapterLoss):
                 "gid-f/relation": config.relation_weight * relation}
 
 
-METHODS.register(Method("gid-l", GIDLogitConfig, GIDLogitLoss))
-METHODS.register(Method("gid-f", GIDFeatureConfig, GIDFeatureLoss))
+METHODS.register(Method("gid-l", GIDLogitConfig, GIDLogitLoss,
+                        {"weight": ("gid-l/logit", "gid-l/regression")}))
+METHODS.register(Method("gid-f", GIDFeatureConfig, GIDFeatureLoss,
+                        {"feature_weight": ("gid-f/feature",), "relation_weight": ("gid-f/relation",)}))

@@ -32,4 +32,4 @@ class HintLoss(AdapterLoss):
         return {"hint/feature": self.config.weight * F.mse_loss(student, teacher)}
 
 
-METHODS.register(Method("hint", HintConfig, HintLoss))
+METHODS.register(Method("hint", HintConfig, HintLoss, {"weight": ("hint/feature",)}))

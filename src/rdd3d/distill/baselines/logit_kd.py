@@ -62,4 +62,4 @@ class LogitKDLoss(DistillLoss):
         return {name: self.config.weight * temperature ** 2 * total / objects}
 
 
-METHODS.register(Method("kd", LogitKDConfig, LogitKDLoss))
+METHODS.register(Method("kd", LogitKDConfig, LogitKDLoss, {"weight": ("kd/heatmap", "kd/class")}))

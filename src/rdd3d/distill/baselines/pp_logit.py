@@ -169,4 +169,5 @@ class PPLogitLoss(DistillLoss):
         return boxes, labels
 
 
-METHODS.register(Method("pp-logit", PPLogitConfig, PPLogitLoss))
+METHODS.register(Method("pp-logit", PPLogitConfig, PPLogitLoss,
+                        {"weight": ("pp-logit/heatmap", "pp-logit/class"), "regression_weight": ("pp-logit/regression",)}))
