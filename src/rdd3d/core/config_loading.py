@@ -84,12 +84,7 @@ def build_config(
         if "=" not in override:
             raise ConfigError(f"--set {override!r}: expected key.path=value")
         merged = _merge(merged, _parse_override(override), source=f"--set {override}")
-    try:
-        return OmegaConf.to_object(merged)
-    except OmegaConfBaseException as error:
-        raise ConfigError(f"config: {_describe(error)}") from None
-    except ValueError as error:  # a dataclass's own check of its values
-        raise ConfigError(f"config: {error}") from None
+    return _built(merged, source="config")
 
 
 def _parse_override(override: str):
@@ -116,12 +111,16 @@ def with_changes(config: Schema, changes: Mapping[str, Any], source: str) -> Sch
             OmegaConf.update(update, key, value, merge=True, force_add=True)
         except OmegaConfBaseException as error:
             raise ConfigError(f"{source}[{key!r}]: {_describe(error)}") from None
-    merged = _merge(merged, update, source=source)
+    return _built(_merge(merged, update, source=source), source)
+
+
+def _built(merged, source: str):
+    """The dataclass objects of a merged config; a type error or a dataclass's own check names ``source``."""
     try:
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as error:
         raise ConfigError(f"{source}: {_describe(error)}") from None
-    except ValueError as error:  # the dataclass's own check of its values
+    except ValueError as error:  # a dataclass's own check of its values
         raise ConfigError(f"{source}: {error}") from None
 
 
