@@ -494,6 +494,48 @@ def _run_calibrate(args) -> None:
     print(f"wrote {args.out / 'calibration.json'} and {args.out / 'variants.yaml'}")
 
 
+# ----------------------------------------------------------------------------- convergence
+def _add_convergence(commands) -> None:
+    parser = commands.add_parser(
+        "convergence", help="learning curves of finished runs and whether they converged",
+        description="Read runs' logs (their evaluations on the tune split) and judge each: the evaluations at 75 % "
+                    "and 100 % of its schedule differ by less than 1 mAP and, given the same run at twice the "
+                    "schedule (RUN,DOUBLED), doubling adds less than 2 mAP; a teacher's mATE, mAOE (and mAVE with "
+                    "sweeps) are below 0.35 m, 0.5 rad (1 m/s). Writes convergence.json and convergence.png.",
+    )
+    parser.add_argument("--teacher", action="append", default=[], metavar="RUN[,DOUBLED]",
+                        help="a teacher's run folder, optionally with its run at twice the schedule (repeatable)")
+    parser.add_argument("--student", action="append", default=[], metavar="RUN[,DOUBLED]",
+                        help="a student's run folder (e.g. no KD), optionally with its doubled run (repeatable)")
+    parser.add_argument("--out", required=True, type=Path, help="output folder")
+    _add_overwrite(parser)
+    parser.set_defaults(handler=_run_convergence)
+
+
+def _run_convergence(args) -> int:
+    from rdd3d.benchmark.convergence import ConvergenceCriteria, Curve, judge, write_convergence_report
+
+    if not args.teacher and not args.student:
+        raise UsageError("name at least one run: --teacher RUN or --student RUN")
+    _check_outputs(args, [args.out / "convergence.json", args.out / "convergence.png"])
+    criteria, curves, verdicts = ConvergenceCriteria(), [], {}
+    for role, given in [("teacher", text) for text in args.teacher] + [("student", text) for text in args.student]:
+        run, _, doubled = given.partition(",")
+        curve = Curve.of(Path(run).name, run)
+        twice = Curve.of(Path(doubled).name, doubled) if doubled else None
+        if twice is not None and twice.epochs != 2 * curve.epochs:
+            raise UsageError(f"{doubled} trained {twice.epochs} epochs, not twice {run}'s {curve.epochs}")
+        curves.append(curve)
+        verdicts[curve.name] = judge(curve, criteria, twice, teacher=role == "teacher")
+    write_convergence_report(args.out, curves, verdicts, criteria)
+    for verdict in verdicts.values():
+        state = "converged" if verdict.converged else "NOT converged: " + "; ".join(verdict.problems)
+        shown = "-" if verdict.final_mAP is None else f"{100 * verdict.final_mAP:.2f}"
+        print(f"{verdict.name}: mAP {shown}, {state}")
+    print(f"wrote {args.out / 'convergence.json'} and {args.out / 'convergence.png'}")
+    return 0 if all(verdict.converged for verdict in verdicts.values()) else EXIT_FAILURE
+
+
 # ----------------------------------------------------------------------------- disparity
 def _add_disparity(commands) -> None:
     parser = commands.add_parser(
@@ -702,7 +744,7 @@ def _world_config(overrides: Sequence[str]):
 
 COMMANDS: tuple[Callable, ...] = (_add_doctor, _add_demo, _add_simulate, _add_show, _add_nuscenes_infos,
                                  _add_gt_database, _add_train, _add_distill, _add_eval, _add_flops, _add_benchmark,
-                                 _add_calibrate, _add_disparity, _add_export, _add_predict)
+                                 _add_calibrate, _add_convergence, _add_disparity, _add_export, _add_predict)
 
 
 def build_parser() -> argparse.ArgumentParser:
