@@ -1,9 +1,11 @@
 """Accuracy of an exported detector: mAP through PyTorch, onnxruntime fp32 and onnxruntime INT8.
 
 Per checkpoint: ``rdd3d export`` of its detector with the INT8 copy of the dense part (``--int8``,
-calibrated on ``--calibration-frames`` frames of the synthetic training split), then the detections of
-the checkpoint's validation frames through PyTorch (``Detector.decode``) and through ``rdd3d_runtime`` in
-both precisions, each scored with rdd3d's evaluation (``evaluate`` / ``summary_metrics``). Also how many
+calibrated on ``--calibration-frames`` frames of the synthetic training split) as ``rdd3d export --int8``
+writes it (weights one scale per output channel, the head's output convolutions fp32) and in two
+variants (one weight scale per tensor; the output convolutions INT8 too), then the detections of the
+checkpoint's validation frames through PyTorch (``Detector.decode``) and through ``rdd3d_runtime`` with
+each file, each scored with rdd3d's evaluation (``evaluate`` / ``summary_metrics``). Also how many
 of PyTorch's boxes the runtime finds again (same label, BEV IoU at least 0.99 / 0.5).
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/deploy_accuracy.py runs/deploy-student/best.pt \\
@@ -12,6 +14,8 @@ of PyTorch's boxes the runtime finds again (same label, BEV IoU at least 0.99 / 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -31,7 +35,12 @@ from rdd3d.export.quantize import quantize_export
 from rdd3d_runtime import ExportedModel
 from rdd3d_runtime.manifest import DEFAULT_CALIBRATION_FRAMES
 
-PIPELINES = ("pytorch", "onnxruntime fp32", "onnxruntime int8")
+#: INT8 variants: quantize_export's options; the first is what ``rdd3d export --int8`` writes.
+INT8_VARIANTS = {
+    "onnxruntime int8": {},
+    "onnxruntime int8, weights per tensor": {"per_channel": False},
+    "onnxruntime int8, head outputs int8": {"quantize_outputs": True},
+}
 
 
 def runtime_detections(model: ExportedModel, frames) -> list[Detections]:
@@ -59,15 +68,18 @@ def measure(checkpoint: Path, frames_wanted: int | None, calibration_frames: int
     detector, config = detector_from_checkpoint(checkpoint)
     frames, dataset = validation_frames(config)
     frames = frames[:frames_wanted]
-    with tempfile.TemporaryDirectory() as folder:
-        export_detector(detector, folder, config.model.preset, config.data.dataset)
-        manifest = quantize_export(folder, calibration_frames)
-        detections = {"pytorch": predict(detector, frames, torch.device("cpu"), batch_size=1)}
-        for precision in ("fp32", "int8"):
-            detections[f"onnxruntime {precision}"] = runtime_detections(ExportedModel(folder, precision=precision),
-                                                                        frames)
+    detections = {"pytorch": predict(detector, frames, torch.device("cpu"), batch_size=1)}
+    with tempfile.TemporaryDirectory() as scratch:
+        exported = Path(scratch) / "fp32"
+        export_detector(detector, exported, config.model.preset, config.data.dataset)
+        detections["onnxruntime fp32"] = runtime_detections(ExportedModel(exported), frames)
+        int8_settings = {}
+        for index, (pipeline, options) in enumerate(INT8_VARIANTS.items()):
+            folder = shutil.copytree(exported, Path(scratch) / f"int8_{index}")
+            int8_settings[pipeline] = dataclasses.asdict(quantize_export(folder, calibration_frames, **options).int8)
+            detections[pipeline] = runtime_detections(ExportedModel(folder, precision="int8"), frames)
     rows = {}
-    for pipeline in PIPELINES:
+    for pipeline in detections:
         metrics = summary_metrics(dataset, evaluate(dataset, frames, detections[pipeline]))
         rows[pipeline] = {
             "mAP": metrics["mAP"], "NDS": metrics.get("NDS"),
@@ -77,16 +89,18 @@ def measure(checkpoint: Path, frames_wanted: int | None, calibration_frames: int
             "metrics": metrics,
         }
     return {"checkpoint": str(checkpoint), "preset": config.model.preset, "dataset": config.data.dataset,
-            "validation_frames": len(frames), "int8": manifest.int8.__dict__, "pipelines": rows}
+            "validation_frames": len(frames), "calibration_frames": calibration_frames, "int8": int8_settings,
+            "pipelines": rows}
 
 
 def print_table(result: dict) -> None:
     print(f"\n{result['preset']} ({result['checkpoint']}), {result['validation_frames']} validation frames, INT8 "
-          f"calibrated on {result['int8']['calibration_frames']} synthetic frames")
+          f"calibrated on {result['calibration_frames']} synthetic frames")
     print("| pipeline | mAP | NDS | detections / frame | PyTorch's boxes found (IoU >= 0.99 / 0.5) |")
     print("| --- | --- | --- | --- | --- |")
     for pipeline, row in result["pipelines"].items():
-        print(f"| {pipeline} | {100 * row['mAP']:.2f} | {100 * row['NDS']:.2f} | {row['detections_per_frame']:.1f} | "
+        nds = "–" if row["NDS"] is None else f"{100 * row['NDS']:.2f}"
+        print(f"| {pipeline} | {100 * row['mAP']:.2f} | {nds} | {row['detections_per_frame']:.1f} | "
               f"{100 * row['pytorch_boxes_found_iou_0.99']:.1f} % / {100 * row['pytorch_boxes_found_iou_0.5']:.1f} % |")
 
 

@@ -35,6 +35,7 @@ import torch
 from rdd3d.core.fileio import write_json
 from rdd3d.data.io import read_point_array
 from rdd3d.data.synthetic import SyntheticDataset
+from rdd3d.engine.runs import detector_from_checkpoint
 from rdd3d.engine.threads import machine_busy_seconds
 from rdd3d.export import export_detector
 from rdd3d.export.quantize import quantize_export
@@ -52,6 +53,21 @@ class Timing(NamedTuple):
     decode: float
     total: float
     detections: int
+
+
+class OtherProcessesLoad:
+    """Cores the other processes of the machine kept busy since it was made (``/proc/stat``; None where
+    that cannot be read): this process's own CPU time taken out of the machine's."""
+
+    def __init__(self) -> None:
+        self.machine, self.own, self.wall = machine_busy_seconds(), time.process_time(), time.monotonic()
+
+    def busy_cores(self) -> float | None:
+        machine = machine_busy_seconds()
+        if machine is None or self.machine is None:
+            return None
+        others = (machine - self.machine) - (time.process_time() - self.own)
+        return max(others, 0.0) / (time.monotonic() - self.wall)
 
 
 def students() -> list[str]:
@@ -110,10 +126,13 @@ def median_timing(timings: list[Timing]) -> dict[str, float]:
     return {**medians, "detections_per_frame": statistics.mean(t.detections for t in timings)}
 
 
-def measure_preset(preset: str, frame_sets: dict[str, list[np.ndarray]], threads: tuple[int, ...],
-                   calibration_frames: int) -> list[dict]:
+def untrained(preset: str) -> Detector:
     torch.manual_seed(0)
-    detector = build_detector(preset, "synthetic").eval()
+    return build_detector(preset, "synthetic").eval()
+
+
+def measure_detector(label: str, preset: str, detector: Detector, frame_sets: dict[str, list[np.ndarray]],
+                     threads: tuple[int, ...], calibration_frames: int) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         export_detector(detector, folder, preset, "synthetic")
@@ -128,11 +147,13 @@ def measure_preset(preset: str, frame_sets: dict[str, list[np.ndarray]], threads
             for run in pipelines.values():
                 run(first)  # warm-up: allocations, onnxruntime's first-run set-up
             for frame_set, frames in frame_sets.items():
+                load = OtherProcessesLoad()
                 timings = {name: [] for name in pipelines}
                 for points in frames:
                     for name, run in pipelines.items():
                         timings[name].append(run(points))
-                rows.append({"preset": preset, "frames": frame_set, "num_frames": len(frames), "threads": count,
+                rows.append({"preset": label, "frames": frame_set, "num_frames": len(frames), "threads": count,
+                             "other_processes_busy_cores": load.busy_cores(),
                              **{name: median_timing(found) for name, found in timings.items()}})
                 print_row(rows[-1])
     return rows
@@ -143,19 +164,26 @@ def _cell(timing: dict[str, float]) -> str:
 
 
 TABLE_HEADER = ("| preset | frames | threads | PyTorch ms (pre + network + decode) | onnxruntime fp32 ms | "
-                "onnxruntime INT8 ms | fp32 / PyTorch | INT8 / fp32 |\n| --- | --- | --- | --- | --- | --- | --- | --- |")
+                "onnxruntime INT8 ms | fp32 / PyTorch | INT8 / fp32 | other processes' cores |\n"
+                "| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
 
 
 def print_row(row: dict) -> None:
     pytorch, fp32, int8 = row["pytorch"], row["onnxruntime fp32"], row["onnxruntime int8"]
     print(f"| {row['preset']} | {row['frames']} ({row['num_frames']}) | {row['threads']} | {_cell(pytorch)} | "
           f"{_cell(fp32)} | {_cell(int8)} | {fp32['total'] / pytorch['total']:.2f} | "
-          f"{int8['total'] / fp32['total']:.2f} |", flush=True)
+          f"{int8['total'] / fp32['total']:.2f} | {_load(row['other_processes_busy_cores'])} |", flush=True)
+
+
+def _load(cores: float | None) -> str:
+    return "?" if cores is None else f"{cores:.2f}"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--presets", nargs="+", default=students(), help="default: every student preset")
+    parser.add_argument("--checkpoints", nargs="*", default=[], type=Path,
+                        help="trained checkpoints (synthetic world) measured after the presets")
     parser.add_argument("--frames", type=int, default=10, help="frames of the synthetic validation split")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--calibration-frames", type=int, default=8,
@@ -169,20 +197,25 @@ def main() -> None:
         frame_sets["real"] = list(real.values())
     else:
         print(f"no real fixture frames under {real_data_root()} (set RDD3D_REAL_DATA): synthetic frames only")
-    busy_start, own_start, wall_start = machine_busy_seconds(), time.process_time(), time.monotonic()
+    load = OtherProcessesLoad()
     print(TABLE_HEADER)
-    rows = [row for preset in args.presets
-            for row in measure_preset(preset, frame_sets, tuple(args.threads), args.calibration_frames)]
-    elapsed = time.monotonic() - wall_start
-    others = None
-    if busy_start is not None:
-        others = max(machine_busy_seconds() - busy_start - (time.process_time() - own_start), 0.0) / elapsed
-        print(f"other processes kept {others:.2f} of {os.cpu_count()} cores busy on average during the "
-              f"{elapsed / 60:.1f} min run")
+    detectors = [(preset, preset, untrained(preset)) for preset in args.presets]
+    for checkpoint in args.checkpoints:
+        detector, config = detector_from_checkpoint(checkpoint)
+        if config.data.dataset != "synthetic":
+            parser.error(f"{checkpoint}: a detector of {config.data.dataset}; the frames here are the synthetic "
+                         "world's")
+        detectors.append((f"{config.model.preset} (trained: {checkpoint})", config.model.preset, detector))
+    rows = [row for label, preset, detector in detectors
+            for row in measure_detector(label, preset, detector, frame_sets, tuple(args.threads),
+                                        args.calibration_frames)]
+    elapsed, others = time.monotonic() - load.wall, load.busy_cores()
+    print(f"other processes kept {_load(others)} of {os.cpu_count()} cores busy on average during the "
+          f"{elapsed / 60:.1f} min run")
     write_json(args.json, {
         "command": " ".join(["benchmarks/deploy_latency.py", *sys.argv[1:]]),
         "cpu_cores": os.cpu_count(), "other_processes_busy_cores": others, "wall_minutes": elapsed / 60,
-        "weights": "untrained, torch.manual_seed(0)", "real_frames": list(real), "rows": rows,
+        "weights": "presets: untrained, torch.manual_seed(0); checkpoints: trained", "real_frames": list(real), "rows": rows,
     })
 
 

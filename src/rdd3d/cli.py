@@ -634,7 +634,8 @@ def _run_doctor(args) -> int:
 
 # ----------------------------------------------------------------------------- export
 def _add_export(commands) -> None:
-    from rdd3d_runtime.manifest import DEFAULT_OPSET, MIN_OPSET  # light: no torch while the parser is built
+    # light: no torch while the parser is built
+    from rdd3d_runtime.manifest import DEFAULT_CALIBRATION_FRAMES, DEFAULT_OPSET, MIN_OPSET
 
     parser = commands.add_parser(
         "export", help="export a trained detector to ONNX files and a manifest that rdd3d_runtime runs",
@@ -650,6 +651,11 @@ def _add_export(commands) -> None:
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET,
                         help=f"ONNX opset (default {DEFAULT_OPSET}, at least {MIN_OPSET})")
     parser.add_argument("--overwrite", action="store_true", help="replace an export in --out (default: refuse)")
+    parser.add_argument("--int8", action="store_true",
+                        help="also write an INT8 copy of the dense part (BEV backbone, neck, head): onnxruntime's "
+                             "static quantisation, calibrated on synthetic frames")
+    parser.add_argument("--calibration-frames", type=int, default=DEFAULT_CALIBRATION_FRAMES, metavar="N",
+                        help=f"synthetic frames that calibrate --int8 (default {DEFAULT_CALIBRATION_FRAMES})")
     parser.set_defaults(handler=_run_export)
 
 
@@ -659,12 +665,20 @@ def _run_export(args) -> None:
 
     if args.opset < MIN_OPSET:
         raise UsageError(f"--opset {args.opset}: rdd3d exports need opset {MIN_OPSET} or later")
+    if args.calibration_frames < 1:
+        raise UsageError(f"--calibration-frames {args.calibration_frames}: needs at least 1 frame")
     if args.out.exists() and any(args.out.iterdir()) and not args.overwrite:
         raise UsageError(f"{args.out} exists and is not empty; pass --overwrite to replace it, or choose another path")
     manifest = export_checkpoint(args.checkpoint, args.out, opset=args.opset, overwrite=args.overwrite)
     files = ", ".join(graph.file for graph in manifest.graphs)
     print(f"wrote {files} and manifest.json to {args.out} ({manifest.preset}, opset {manifest.opset}; largest "
           f"difference to PyTorch {max(manifest.verification.values()):.2g})")
+    if args.int8:
+        from rdd3d.export.quantize import quantize_export
+
+        int8 = quantize_export(args.out, args.calibration_frames).int8
+        print(f"wrote {', '.join(int8.files.values())} (INT8, calibrated on {int8.calibration_frames} synthetic "
+              f"frames; largest difference to fp32 {max(int8.difference.values()):.2g})")
 
 
 # ----------------------------------------------------------------------------- predict
@@ -681,6 +695,8 @@ def _add_predict(commands) -> None:
     parser.add_argument("--out", type=Path, help="detections JSON to write (default: print it)")
     parser.add_argument("--bev", type=Path, help="also draw the points and detections from above into this PNG")
     parser.add_argument("--threads", type=int, help="onnxruntime intra-op threads (default: its own choice)")
+    parser.add_argument("--int8", action="store_true",
+                        help="run the INT8 copy of the dense part (written by `rdd3d export --int8`)")
     _add_overwrite(parser)
     parser.set_defaults(handler=_run_predict)
 
@@ -692,7 +708,7 @@ def _run_predict(args) -> None:
     from rdd3d_runtime.cli import prediction_json
 
     _check_outputs(args, [args.out, args.bev], inputs=[args.points])
-    model = ExportedModel(args.model, threads=args.threads)
+    model = ExportedModel(args.model, threads=args.threads, precision="int8" if args.int8 else "fp32")
     points = read_points(args.points, model.manifest.point_columns)
     detections = model.predict(points)
     result = prediction_json(model, args.points, points, detections)

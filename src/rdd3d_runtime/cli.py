@@ -26,13 +26,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--points", required=True, type=Path, help=".bin (float32 rows) or .npy point file")
     parser.add_argument("--out", type=Path, help="detections JSON to write (default: print it)")
     parser.add_argument("--threads", type=int, help="onnxruntime intra-op threads (default: its own choice)")
+    parser.add_argument("--int8", action="store_true",
+                        help="run the INT8 copy of the dense part (written by `rdd3d export --int8`)")
     return parser
 
 
 def prediction_json(model: ExportedModel, points_path: Path, points: np.ndarray, detections: Detections) -> dict:
     """What both ``python -m rdd3d_runtime`` and ``rdd3d predict`` write for one point file."""
-    return {"model": str(model.folder), "preset": model.manifest.preset, "points": str(points_path),
-            "num_points": len(points), "detections": detections_json(detections, model.manifest)}
+    return {"model": str(model.folder), "preset": model.manifest.preset, "precision": model.precision,
+            "points": str(points_path), "num_points": len(points),
+            "detections": detections_json(detections, model.manifest)}
 
 
 def _write_atomically(path: Path, text: str) -> None:
@@ -50,10 +53,10 @@ def _write_atomically(path: Path, text: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        model = ExportedModel(args.model, threads=args.threads)
+        model = ExportedModel(args.model, threads=args.threads, precision="int8" if args.int8 else "fp32")
         points = read_points(args.points, model.manifest.point_columns)
         result = prediction_json(model, args.points, points, model.predict(points))
-    except (ManifestError, PointFileError, NotImplementedError, OSError, ValueError) as error:
+    except (ManifestError, PointFileError, OSError, ValueError) as error:
         print(f"rdd3d_runtime: error: {error}", file=sys.stderr)
         return 1
     text = json.dumps(result, indent=2) + "\n"

@@ -18,7 +18,7 @@ class Detections(NamedTuple):
     labels: np.ndarray  # (M,) int64, class-table indices
 
 
-def _sigmoid(logits: np.ndarray) -> np.ndarray:
+def sigmoid(logits: np.ndarray) -> np.ndarray:
     return (1 / (1 + np.exp(-logits.astype(np.float64)))).astype(np.float32)
 
 
@@ -32,7 +32,7 @@ def decode_boxes(codes: np.ndarray, columns: np.ndarray, rows: np.ndarray, spec:
 
 
 def _task_candidates(maps: Mapping[str, np.ndarray], task: TaskSpec, spec: CenterDecodeSpec) -> Detections:
-    probs = _sigmoid(maps[task.heatmap][0])  # (C, H, W)
+    probs = sigmoid(maps[task.heatmap][0])  # (C, H, W)
     _, height, width = probs.shape
     flat = probs.reshape(-1)
     top = np.argsort(-flat, kind="stable")[:min(spec.max_per_task, flat.size)]

@@ -3,6 +3,9 @@
 The exporter (:mod:`rdd3d.export`) writes it from these dataclasses and the runtime reads it back through
 them, so the format is defined once. A manifest of another ``format`` or ``format_version`` is refused
 by name; every field is checked on reading, and an error names the file and the field.
+
+Fields added within version 1 are optional (``anchor_decode``, ``int8``): a manifest written before them
+reads as one without them, and an older runtime ignores them.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from typing import Any, Callable, Optional, TypeVar
 #: Clip (the voxels' point counts clamped to 1) takes no int32.
 DEFAULT_OPSET = 17
 MIN_OPSET = 12
+#: Synthetic frames that calibrate an INT8 export (``rdd3d export --int8``) by default.
+DEFAULT_CALIBRATION_FRAMES = 32
 FORMAT_NAME = "rdd3d-onnx"
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -125,6 +130,41 @@ class CenterDecodeSpec:
 
 
 @dataclass(frozen=True)
+class AnchorDecodeSpec:
+    """rdd3d's ``AnchorHead.decode`` (SECOND, PointPillars): anchors on the output map, box deltas turned
+    into boxes, the direction classifier's bin, the score filter and the NMS."""
+
+    cls_logits: str  # output names of the head's maps, channels anchor-major (type a: a * D .. a * D + D - 1)
+    box_deltas: str
+    dir_logits: Optional[str]  # None: no direction classifier
+    anchor_types: tuple[tuple[float, float, float, float, float], ...]  # z dx dy dz yaw of each type, in order
+    anchor_range: tuple[float, float, float, float]  # x0 y0 x1 y1 the anchor positions span, metres
+    align_center: bool  # anchors at cell centres; False: the first and last anchors on the range's edges
+    log_size_range: tuple[float, float]  # predicted log size ratios are clamped to it before exp
+    dir_offset: float
+    dir_limit_offset: float
+    num_dir_bins: int
+    score_threshold: float  # scores strictly above are kept
+    class_agnostic_nms: bool  # True: each anchor keeps its best class, one NMS; False: one NMS per class
+    nms: NMSSpec  # circle_distances: one value (class-agnostic) or one per class
+
+
+@dataclass(frozen=True)
+class Int8Spec:
+    """INT8 copies of the dense part written beside the fp32 files (onnxruntime's static quantisation)."""
+
+    files: dict[str, str]  # fp32 file -> its INT8 copy, which has the same inputs and outputs
+    calibration_frames: int  # synthetic frames the activation ranges were measured on
+    quant_format: str  # "QDQ"
+    activation_type: str  # "uint8" or "int8"
+    weight_type: str  # "int8"
+    per_channel: bool  # one weight scale per output channel
+    outputs_quantized: bool  # whether the nodes that write the file's outputs (the head's maps) are INT8 too
+    quantized_nodes: int  # nodes of the dense part given INT8 inputs
+    difference: dict[str, float]  # per head output, largest |INT8 - fp32| on the export's check frame
+
+
+@dataclass(frozen=True)
 class Manifest:
     format: str
     format_version: int
@@ -133,14 +173,16 @@ class Manifest:
     preset: str
     dataset: str
     family: str  # one of FAMILIES
-    head: str  # one of HEAD_KINDS; the runtime decodes "center" heads
+    head: str  # one of HEAD_KINDS
     point_columns: tuple[str, ...]
     classes: tuple[str, ...]
     voxelization: VoxelizationSpec
     sparse: Optional[SparseSpec]
-    decode: Optional[CenterDecodeSpec]
+    decode: Optional[CenterDecodeSpec]  # center heads
     graphs: tuple[GraphSpec, ...]
     verification: dict[str, float]  # output name -> max abs difference to PyTorch at export
+    anchor_decode: Optional[AnchorDecodeSpec] = None  # anchor heads
+    int8: Optional[Int8Spec] = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -178,7 +220,9 @@ def read_manifest(folder: str | Path) -> Manifest:
         sparse=fields.optional("sparse", lambda f: SparseSpec(tuple(f.each("rulebooks", _rulebook)))),
         decode=fields.optional("decode", _center_decode),
         graphs=tuple(fields.each("graphs", _graph)),
-        verification={name: float(value) for name, value in fields.get("verification", dict).items()},
+        verification=fields.float_map("verification"),
+        anchor_decode=fields.optional("anchor_decode", _anchor_decode),
+        int8=fields.optional("int8", _int8),
     )
 
 
@@ -231,6 +275,28 @@ class _Fields:
 
     def floats(self, name: str, length: int | None = None) -> tuple[float, ...]:
         return self._list(name, float, length)
+
+    def float_rows(self, name: str, width: int) -> tuple[tuple[float, ...], ...]:
+        rows = self.get(name, list)
+        if not all(isinstance(row, list) and len(row) == width and all(
+                isinstance(value, (int, float)) and not isinstance(value, bool) for value in row) for row in rows):
+            raise self._error(name, f"a list of lists of {width} numbers", rows)
+        return tuple(tuple(float(value) for value in row) for row in rows)
+
+    def float_map(self, name: str) -> dict[str, float]:
+        values = self.get(name, dict)
+        if not all(isinstance(value, (int, float)) and not isinstance(value, bool) for value in values.values()):
+            raise self._error(name, "an object of numbers", values)
+        return {key: float(value) for key, value in values.items()}
+
+    def string_map(self, name: str) -> dict[str, str]:
+        values = self.get(name, dict)
+        if not all(isinstance(value, str) for value in values.values()):
+            raise self._error(name, "an object of strings", values)
+        return dict(values)
+
+    def optional_str(self, name: str) -> Optional[str]:
+        return None if self.data.get(name, "") is None else self.get(name, str)
 
     def optional_int(self, name: str) -> Optional[int]:
         return None if self.data.get(name, 0) is None else self.get(name, int)
@@ -308,4 +374,36 @@ def _center_decode(fields: _Fields) -> CenterDecodeSpec:
         post_center_range=post_center_range,
         nms=_nms(fields.nested("nms")),
         max_per_sample=fields.optional_int("max_per_sample"),
+    )
+
+
+def _anchor_decode(fields: _Fields) -> AnchorDecodeSpec:
+    return AnchorDecodeSpec(
+        cls_logits=fields.get("cls_logits", str),
+        box_deltas=fields.get("box_deltas", str),
+        dir_logits=fields.optional_str("dir_logits"),
+        anchor_types=fields.float_rows("anchor_types", 5),
+        anchor_range=fields.floats("anchor_range", 4),
+        align_center=fields.get("align_center", bool),
+        log_size_range=fields.floats("log_size_range", 2),
+        dir_offset=fields.get("dir_offset", float),
+        dir_limit_offset=fields.get("dir_limit_offset", float),
+        num_dir_bins=fields.get("num_dir_bins", int),
+        score_threshold=fields.get("score_threshold", float),
+        class_agnostic_nms=fields.get("class_agnostic_nms", bool),
+        nms=_nms(fields.nested("nms")),
+    )
+
+
+def _int8(fields: _Fields) -> Int8Spec:
+    return Int8Spec(
+        files=fields.string_map("files"),
+        calibration_frames=fields.get("calibration_frames", int),
+        quant_format=fields.get("quant_format", str),
+        activation_type=fields.choice("activation_type", ("uint8", "int8")),
+        weight_type=fields.choice("weight_type", ("uint8", "int8")),
+        per_channel=fields.get("per_channel", bool),
+        outputs_quantized=fields.get("outputs_quantized", bool),
+        quantized_nodes=fields.get("quantized_nodes", int),
+        difference=fields.float_map("difference"),
     )

@@ -9,34 +9,43 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from exported_models import PILLAR_PRESET
+from exported_models import PILLAR_PRESET, write_checkpoint
 
 import rdd3d.export.exporter as exporter
 from rdd3d.cli import main
 from rdd3d.core.checkpoint import CheckpointError, save_checkpoint
-from rdd3d.engine.config import RunConfig
-from rdd3d.engine.runs import build_model, plain_config
 from rdd3d.export import ExportError, export_checkpoint, export_detector
 from rdd3d.export.graphs import flat_head_outputs, head_output_names
+from rdd3d.models.complexity import reference_points
 from rdd3d.models.presets import build_detector
-from rdd3d_runtime import ExportedModel, read_manifest
+from rdd3d_runtime import ExportedModel, ManifestError, read_manifest
+from rdd3d_runtime.anchor_decode import anchors_at
 
 
-def _largest_difference(exported) -> float:
-    """|onnxruntime - PyTorch| over every head output, on a frame the export did not check itself."""
-    onnx_outputs = ExportedModel(exported.folder).run_network(exported.points.numpy())
+def _largest_difference(exported, points: torch.Tensor) -> float:
+    """|onnxruntime - PyTorch| over every head output on ``points``."""
+    onnx_outputs = ExportedModel(exported.folder).run_network(points.numpy())
     with torch.no_grad():
-        predictions = exported.detector([exported.points]).predictions
+        predictions = exported.detector([points]).predictions
     reference = dict(zip(head_output_names(exported.detector), flat_head_outputs(predictions)))
     return max(float(np.abs(onnx_outputs[name] - value.numpy()).max()) for name, value in reference.items())
 
 
-@pytest.mark.parametrize("family", ["pillar", "voxel"])
-def test_onnxruntime_gives_pytorchs_head_maps_on_another_frame(family, pillar_export, voxel_export):
-    exported = pillar_export if family == "pillar" else voxel_export
+@pytest.mark.parametrize("export", ["pillar", "voxel", "anchor_pillar", "anchor_voxel"])
+def test_onnxruntime_gives_pytorchs_head_maps_on_another_frame(export, export_of):
+    exported = export_of(export)
     manifest = read_manifest(exported.folder)
     assert max(manifest.verification.values()) <= exporter.TOLERANCE
-    assert _largest_difference(exported) <= exporter.TOLERANCE
+    assert _largest_difference(exported, exported.points) <= exporter.TOLERANCE
+
+
+@pytest.mark.parametrize("export", ["pillar", "voxel", "anchor_pillar", "anchor_voxel"])
+def test_onnxruntime_gives_pytorchs_head_maps_on_real_frames(export, export_of, real_data):
+    """The nuScenes keyframe and KITTI scan 000008, in the synthetic presets' columns (time lag 0)."""
+    exported = export_of(export)
+    kitti = reference_points("kitti")
+    for points in (reference_points("nuscenes"), torch.cat([kitti, torch.zeros_like(kitti[:, :1])], dim=1)):
+        assert _largest_difference(exported, points) <= exporter.TOLERANCE
 
 
 def test_the_pillar_family_is_one_file_with_a_dynamic_voxel_count(pillar_export):
@@ -66,14 +75,36 @@ def test_the_voxel_family_ships_the_sparse_backbone_with_its_rulebooks_as_inputs
     assert {"Gather", "MatMul"} <= operators and not operators & {"Loop", "If"}
 
 
-def test_the_plain_sparse_backbone_and_the_anchor_head_export_too(tmp_path):
-    """SECOND: the plain sparse backbone, an anchor head (raw maps; the runtime does not decode it yet)."""
-    torch.manual_seed(0)
-    manifest = export_detector(build_detector("second-xs", "synthetic"), tmp_path, "second-xs", "synthetic")
+def test_the_anchor_head_exports_with_its_anchors_and_decode_settings(anchor_voxel_export):
+    """SECOND: the plain sparse backbone and an anchor head, whose anchors the manifest describes."""
+    manifest = read_manifest(anchor_voxel_export.folder)
     assert manifest.head == "anchor" and manifest.decode is None
     assert max(manifest.verification.values()) <= exporter.TOLERANCE
-    with pytest.raises(NotImplementedError, match="decodes CenterPoint heads only"):
-        ExportedModel(tmp_path).predict(np.zeros((10, 5), dtype=np.float32))
+    head = anchor_voxel_export.detector.head
+    decode = manifest.anchor_decode
+    assert (decode.cls_logits, decode.box_deltas, decode.dir_logits) == ("cls_logits", "box_deltas", "dir_logits")
+    assert len(decode.anchor_types) == head.num_anchor_types == 2 * len(manifest.classes)
+    height, width = anchor_voxel_export.detector([anchor_voxel_export.points]).predictions.cls_logits.shape[-2:]
+    rows = np.arange(height * width * head.num_anchor_types)
+    np.testing.assert_array_equal(anchors_at(rows, (height, width), decode),
+                                  head.anchors((height, width)).view(-1, 7).numpy())
+    assert decode.score_threshold == head.config.decode.score_threshold and decode.nms.kind == "nearest_bev"
+
+
+def test_a_manifest_without_anchor_decoding_is_refused_when_decoding(anchor_pillar_export, tmp_path):
+    """An anchor-head export of the first manifest version (no 'anchor_decode'): its maps, not its boxes."""
+    folder = tmp_path / "old"
+    folder.mkdir()
+    for path in anchor_pillar_export.folder.iterdir():
+        (folder / path.name).write_bytes(path.read_bytes())
+    stored = json.loads((folder / "manifest.json").read_text())
+    del stored["anchor_decode"]
+    (folder / "manifest.json").write_text(json.dumps(stored))
+    model = ExportedModel(folder)
+    points = anchor_pillar_export.points.numpy()
+    assert "cls_logits" in model.run_network(points)
+    with pytest.raises(ManifestError, match=r"old/manifest\.json: no field 'anchor_decode', which says how to decode the anchor head"):
+        model.predict(points)
 
 
 def test_the_manifest_carries_what_decoding_needs(pillar_export):
@@ -96,15 +127,8 @@ def test_a_disagreement_with_pytorch_leaves_no_manifest(tmp_path, monkeypatch):
     assert (tmp_path / "network.onnx").is_file() and not (tmp_path / "manifest.json").exists()
 
 
-def _checkpoint(path, preset: str = PILLAR_PRESET) -> None:
-    config = RunConfig()
-    config.model.preset = preset
-    weights = {f"detector.{name}": value for name, value in build_model(config).state_dict().items()}
-    save_checkpoint(path, {"config": plain_config(config), "model": weights})
-
-
 def test_rdd3d_export_writes_a_checkpoints_detector_and_refuses_to_overwrite(tmp_path, capsys):
-    _checkpoint(tmp_path / "model.pt")
+    write_checkpoint(tmp_path / "model.pt")
     out = tmp_path / "exported"
     assert main(["export", "--checkpoint", str(tmp_path / "model.pt"), "--out", str(out)]) == 0
     assert "network.onnx and manifest.json" in capsys.readouterr().out

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from exported_models import PILLAR_PRESET, export_peaked
+from exported_models import ANCHOR_PILLAR_PRESET, PILLAR_PRESET, export_peaked
 
 import rdd3d_runtime
 from rdd3d.cli import main
@@ -71,10 +71,12 @@ def test_rulebooks_equal_rdd3ds(kernel, stride, padding, subm):
 
 
 def _assert_same_detections(found, expected) -> None:
-    """The same boxes (BEV IoU >= 0.99), labels and scores (within 1e-4), matched one to one: boxes of equal
-    scores may come in another order, as top-K leaves it open."""
+    """The same boxes (BEV IoU >= 0.99), labels and scores (within 1e-4), matched one to one among boxes of the
+    same label: boxes of equal scores may come in another order, as top-K leaves it open, and class-wise
+    anchor decoding gives one box under several labels."""
     assert len(found.scores) == len(expected.scores) > 0
     iou = bev_iou(torch.from_numpy(found.boxes), expected.boxes)  # (found, expected)
+    iou[torch.from_numpy(found.labels)[:, None] != expected.labels[None, :]] = -1
     match = iou.argmax(dim=0).numpy()
     assert sorted(match) == list(range(len(match)))
     assert float(iou[match, np.arange(len(match))].min()) >= 0.99
@@ -83,9 +85,24 @@ def _assert_same_detections(found, expected) -> None:
     np.testing.assert_allclose(found.boxes[match], expected.boxes.numpy(), atol=1e-3, rtol=1e-4)
 
 
-@pytest.mark.parametrize("family", ["pillar", "voxel"])
-def test_the_runtime_finds_rdd3ds_detections(family, pillar_export, voxel_export):
-    exported = pillar_export if family == "pillar" else voxel_export
+@pytest.mark.parametrize("export", ["pillar", "voxel", "anchor_pillar", "anchor_voxel"])
+def test_the_runtime_finds_rdd3ds_detections(export, export_of):
+    exported = export_of(export)
+    found = ExportedModel(exported.folder).predict(exported.points.numpy())
+    with torch.no_grad():
+        expected = exported.detector.decode(exported.detector([exported.points]))[0]
+    _assert_same_detections(found, expected)
+
+
+@pytest.mark.parametrize("overrides", [
+    {"head.decode.class_agnostic_nms": False,
+     "head.decode.nms": NMSConfig(kind="circle", pre_max_size=1000, post_max_size=40,
+                                  circle_distances=(4.0, 4.0, 4.0, 0.5, 0.5, 0.2, 0.2))},
+    {"head.use_direction_classifier": False, "head.align_center": True,
+     "head.decode.nms": NMSConfig(kind="rotated", iou_threshold=0.1, pre_max_size=100, post_max_size=30)},
+], ids=["class-wise circle NMS", "no direction classifier, centred anchors"])
+def test_anchor_decoding_matches_rdd3d_in_every_mode(overrides, tmp_path):
+    exported = export_peaked(ANCHOR_PILLAR_PRESET, tmp_path, **overrides)
     found = ExportedModel(exported.folder).predict(exported.points.numpy())
     with torch.no_grad():
         expected = exported.detector.decode(exported.detector([exported.points]))[0]

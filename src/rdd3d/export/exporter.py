@@ -29,12 +29,12 @@ from rdd3d.export.graphs import (
     head_output_names, sparse_input_names, sparse_rulebook_plan, task_output_names,
 )
 from rdd3d.models.detector import Detector
-from rdd3d.models.heads import CenterHead
+from rdd3d.models.heads import AnchorHead, CenterHead, NMSConfig
 from rdd3d.models.heads.targets import LOG_SIZE_RANGE
 from rdd3d.models.sparse.rulebook import ConvGeometry, build_rulebook
 from rdd3d_runtime.manifest import (
-    DEFAULT_OPSET, FORMAT_NAME, FORMAT_VERSION, MANIFEST_NAME, MIN_OPSET, VOXEL_INPUTS, CenterDecodeSpec, GraphSpec,
-    Manifest, NMSSpec, RulebookSpec, SparseSpec, TaskSpec, TensorSpec, VoxelizationSpec,
+    DEFAULT_OPSET, FORMAT_NAME, FORMAT_VERSION, MANIFEST_NAME, MIN_OPSET, VOXEL_INPUTS, AnchorDecodeSpec,
+    CenterDecodeSpec, GraphSpec, Manifest, NMSSpec, RulebookSpec, SparseSpec, TaskSpec, TensorSpec, VoxelizationSpec,
 )
 
 #: Largest |onnxruntime - PyTorch| accepted on any output (fp32).
@@ -107,6 +107,7 @@ def export_detector(detector: Detector, out: str | Path, preset: str, dataset: s
         decode=_center_decode(detector),
         graphs=tuple(_graph_spec(graph, session) for graph, session in zip(graphs, sessions)),
         verification=differences,
+        anchor_decode=_anchor_decode(detector),
     )
     write_json(out / MANIFEST_NAME, manifest.to_json())
     log.info("exported %s to %s (largest difference to PyTorch %.2g on %s)", preset, out, differences[worst], worst)
@@ -228,6 +229,34 @@ def _center_decode(detector: Detector) -> CenterDecodeSpec | None:
         max_per_task=decode.max_per_task,
         score_threshold=decode.score_threshold,
         post_center_range=decode.post_center_range,
-        nms=NMSSpec(nms.kind, nms.iou_threshold, nms.pre_max_size, nms.post_max_size, nms.circle_distances),
+        nms=_nms_spec(nms),
         max_per_sample=decode.max_per_sample,
     )
+
+
+def _anchor_decode(detector: Detector) -> AnchorDecodeSpec | None:
+    head = detector.head
+    if not isinstance(head, AnchorHead):
+        return None
+    config = head.config
+    cls_logits, box_deltas, *dir_logits = head_output_names(detector)
+    x0, y0, _, x1, y1, _ = head.point_cloud_range
+    return AnchorDecodeSpec(
+        cls_logits=cls_logits,
+        box_deltas=box_deltas,
+        dir_logits=dir_logits[0] if dir_logits else None,
+        anchor_types=tuple(kind for spec in config.anchors for kind in spec.anchor_types()),
+        anchor_range=(x0, y0, x1, y1),
+        align_center=config.align_center,
+        log_size_range=LOG_SIZE_RANGE,
+        dir_offset=config.dir_offset,
+        dir_limit_offset=config.dir_limit_offset,
+        num_dir_bins=config.num_dir_bins,
+        score_threshold=config.decode.score_threshold,
+        class_agnostic_nms=config.decode.class_agnostic_nms,
+        nms=_nms_spec(config.decode.nms),
+    )
+
+
+def _nms_spec(nms: NMSConfig) -> NMSSpec:
+    return NMSSpec(nms.kind, nms.iou_threshold, nms.pre_max_size, nms.post_max_size, nms.circle_distances)
