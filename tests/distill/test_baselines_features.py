@@ -4,20 +4,8 @@ import pytest
 import torch
 
 from baselines_support import (
-    COARSE_GRID,
-    COARSE_SIZE,
-    INPUT_CHANNELS,
-    TEACHER_GRID,
-    TEACHER_SIZE,
-    TinyDetector,
-    box,
-    cell_of,
-    heads_from_probabilities,
-    linear_map,
-    make_identity,
-    map_view,
-    run,
-    step_of,
+    COARSE_GRID, COARSE_SIZE, INPUT_CHANNELS, TEACHER_GRID, TEACHER_SIZE, TinyDetector, box, cell_of,
+    heads_from_probabilities, linear_map, make_identity, map_view, run, step_of,
 )
 from rdd3d.distill.baselines import FGConfig, FGLoss, HintConfig, HintLoss
 

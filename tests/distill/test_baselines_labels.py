@@ -4,14 +4,7 @@ KD adds the teacher's confident boxes to the ground truth."""
 import torch
 
 from baselines_support import (
-    TEACHER_GRID,
-    TEACHER_SIZE,
-    TinyDetector,
-    box,
-    cell_of,
-    heads_from_probabilities,
-    map_view,
-    step_of,
+    TEACHER_GRID, TEACHER_SIZE, TinyDetector, box, cell_of, heads_from_probabilities, map_view, step_of,
 )
 from rdd3d.distill.baselines import LADConfig, LADLoss, PPLogitConfig, PPLogitLoss
 from rdd3d.distill.baselines.lad import greedy_matches

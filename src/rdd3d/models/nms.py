@@ -132,14 +132,8 @@ def _half_diagonals(boxes: Tensor) -> Tensor:
     return torch.hypot(boxes[:, 3], boxes[:, 4]) / 2
 
 
-def rotated_nms(
-    boxes: Tensor,
-    scores: Tensor,
-    iou_threshold: float,
-    pre_max_size: Optional[int] = None,
-    post_max_size: Optional[int] = None,
-    groups: Optional[Tensor] = None,
-) -> Tensor:
+def rotated_nms(boxes: Tensor, scores: Tensor, iou_threshold: float, pre_max_size: Optional[int] = None,
+                post_max_size: Optional[int] = None, groups: Optional[Tensor] = None) -> Tensor:
     """``(N, 7+)`` boxes, ``(N,)`` scores: a kept box suppresses those with rotated BEV IoU > ``iou_threshold``."""
     bounds = _IoUBound(boxes)
 
@@ -173,14 +167,8 @@ class _IoUBound:
         return box_overlap / (self.area[a] + self.area[b] - box_overlap).clamp_min(1e-300) * (1 + 1e-6) + 1e-12
 
 
-def nearest_bev_nms(
-    boxes: Tensor,
-    scores: Tensor,
-    iou_threshold: float,
-    pre_max_size: Optional[int] = None,
-    post_max_size: Optional[int] = None,
-    groups: Optional[Tensor] = None,
-) -> Tensor:
+def nearest_bev_nms(boxes: Tensor, scores: Tensor, iou_threshold: float, pre_max_size: Optional[int] = None,
+                    post_max_size: Optional[int] = None, groups: Optional[Tensor] = None) -> Tensor:
     """Axis-aligned NMS: each box's yaw snapped to the nearest axis (OpenPCDet's ``nearest_bev``), then
     a kept box suppresses those with axis-aligned BEV IoU > ``iou_threshold``."""
     snapped = nearest_axis_aligned_bev(boxes)
@@ -194,14 +182,8 @@ def nearest_bev_nms(
                        post_max_size)
 
 
-def circle_nms(
-    boxes: Tensor,
-    scores: Tensor,
-    dist_thresh: float | Tensor,
-    pre_max_size: Optional[int] = None,
-    post_max_size: Optional[int] = None,
-    groups: Optional[Tensor] = None,
-) -> Tensor:
+def circle_nms(boxes: Tensor, scores: Tensor, dist_thresh: float | Tensor, pre_max_size: Optional[int] = None,
+               post_max_size: Optional[int] = None, groups: Optional[Tensor] = None) -> Tensor:
     """CenterPoint's circle NMS: a kept box suppresses those whose BEV centre lies within a
     *squared* distance ``dist_thresh`` (m^2, inclusive) of its own. ``dist_thresh`` may be one value per
     box (the same within a group: CenterPoint's distance is per task)."""
