@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 from torch import nn
+from torch.utils._pytree import tree_map
 
 from rdd3d.data.collate import collate_frames
 from rdd3d.data.synthetic import SyntheticDataset
@@ -93,6 +94,8 @@ def test_config_rejects_bad_values_naming_the_field():
         RDDConfig(use_feature=False, use_logit=False)
     with pytest.raises(ValueError, match="RDDConfig.anchor_box_weight must be >= 0, got -1"):
         RDDConfig(anchor_box_weight=-1.0)
+    with pytest.raises(ValueError, match="RDDConfig.adapter_precision must be one of"):
+        RDDConfig(adapter_precision="fp16")
 
 
 # --- pairs and losses on hand-made maps ----------------------------------------------------------
@@ -274,3 +277,29 @@ def test_gradients_reach_student_and_adapter_never_teacher_across_resolutions(ba
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters())
     assert all(p.grad is None for p in distiller.teacher.parameters())
     assert student.head.tasks[0].center[0].weight.grad is None  # only the heatmaps are distilled
+
+
+def test_a_bf16_adapter_gives_the_fp32_terms_and_gradients_to_bf16_rounding(batch):
+    distiller, fp32_loss = _distiller("cp-pillar", "cp-pillar-v0.64")
+    distiller.train()
+    step = distiller.step_views(batch)
+    results = {}
+    for precision in ("fp32", "bf16"):
+        loss = copy.deepcopy(fp32_loss)
+        loss.config = dataclasses.replace(loss.config, adapter_precision=precision)
+        student_map = step.student.taps["bev"].detach().requires_grad_(True)
+        heads = tree_map(lambda value: value.detach() if isinstance(value, torch.Tensor) else value,
+                         step.student.taps["head"])
+        view = ModelView(step.student.model, step.student.output, {"bev": student_map, "head": heads},
+                         step.student.geometry)
+        terms = loss(DistillStep(batch, step.teacher, view))
+        sum(terms.values()).backward()
+        results[precision] = (terms, student_map.grad, loss.adapter[0].weight.grad, loss.last_pairs.weights)
+    (terms32, map_grad32, psi_grad32, kept32), (terms16, map_grad16, psi_grad16, kept16) = results.values()
+    assert torch.equal(kept32, kept16)  # the same pairs selected
+    assert not torch.equal(map_grad16, map_grad32)  # and the setting does change the arithmetic
+    for name in terms32:
+        torch.testing.assert_close(terms16[name], terms32[name], rtol=2e-2, atol=0)
+    for grad16, grad32 in ((map_grad16, map_grad32), (psi_grad16, psi_grad32)):
+        assert grad32.abs().sum() > 0
+        assert (grad16 - grad32).norm() <= 3e-2 * grad32.norm()

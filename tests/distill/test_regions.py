@@ -4,7 +4,9 @@ import pytest
 import torch
 
 from rdd3d.distill.base import BEVGeometry
-from rdd3d.distill.regions import area_mean, gather_area, gaussian_areas, pool_boxes, resample_to
+from rdd3d.distill.regions import (
+    area_mean, gather_area, gaussian_areas, pool_boxes, pool_boxes_channels_last, resample_to,
+)
 from rdd3d.models.heads import BEVGrid
 
 FINE = BEVGeometry((-8.0, -8.0, -3.0, 8.0, 8.0, 1.0), (0.25, 0.25, 4.0), 2.0)  # 0.5 m cells, 32 x 32
@@ -109,3 +111,17 @@ def test_gaussian_area_is_the_radius_disc_about_the_centre_cell_cut_to_the_map()
     assert torch.equal(values[:, 0], expected)
     means = area_mean(values, area)
     assert means[0] == expected[area.owner == 0].mean() and means[1] == expected[area.owner == 1].mean()
+
+
+def test_a_scaled_pooling_reads_a_channels_last_map_in_place_and_scales_values_and_gradients():
+    contiguous = torch.rand(2, 5, 32, 32, dtype=torch.float64, requires_grad=True)
+    channels_last = contiguous.detach().contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    boxes = torch.tensor([[1.0, -2.0, 0.0, 4.0, 2.0, 1.0, 0.7], [-3.0, 2.5, 0.0, 3.0, 1.0, 1.0, -2.0]],
+                         dtype=torch.float64)
+    index = torch.tensor([1, 0])
+    plain = pool_boxes_channels_last(contiguous, FINE, boxes, index)  # (2, 49, 5)
+    scaled = pool_boxes_channels_last(channels_last, FINE, boxes, index, scale=0.25)
+    torch.testing.assert_close(scaled, plain * 0.25)
+    plain.sum().backward()
+    scaled.sum().backward()
+    torch.testing.assert_close(channels_last.grad, contiguous.grad * 0.25)

@@ -21,6 +21,7 @@ and the student's loss is ``L_det + α1·L_feat + α2·L_logit``. Details and th
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -29,6 +30,7 @@ import torch
 from torch import Tensor
 
 from rdd3d.distill.base import BEVGeometry, DistillLoss, DistillStep, METHODS, Method, adapter
+from rdd3d.distill.precision import ADAPTER_PRECISIONS, adapter_dtype
 from rdd3d.distill.heads import ANCHOR, HEAD_TAP, anchor_pair, class_logit_maps, step_head_kind
 from rdd3d.distill.proposals import PROPOSAL_SOURCES, Proposals, peak_proposals, select_proposals
 from rdd3d.distill.regions import (
@@ -69,6 +71,9 @@ class RDDConfig:
     # what both terms divide by: "pairs", every pair M + N [paper]; "weight", the selected weight Σ m*_i [ours]:
     # without it, a λ that keeps fewer pairs also distils less, and the λ sweep mixes selection with weight
     term_normaliser: str = "pairs"
+    # [ours] ψ's 1×1 convolution in bf16 on a CPU with native bf16 ("auto"): on the whole student map it was a
+    # quarter of RDD's own cost per step in fp32 (docs/benchmarks.md); the rest of the loss stays fp32
+    adapter_precision: str = "auto"
     use_feature: bool = True  # distil the student's BEV map (ablation: logit only)
     use_logit: bool = True  # distil the student's heatmaps (ablation: feature only)
     gaussian_overlap: float = 0.1  # [ours] centre heads: Gaussian area radius as CenterPoint's targets (min overlap)
@@ -90,6 +95,7 @@ class RDDConfig:
             "logit_norm": (self.logit_norm in LOGIT_NORMS, f"one of {LOGIT_NORMS}"),
             "anchor_box_weight": (self.anchor_box_weight >= 0, ">= 0"),
             "term_normaliser": (self.term_normaliser in TERM_NORMALISERS, f"one of {TERM_NORMALISERS}"),
+            "adapter_precision": (self.adapter_precision in ADAPTER_PRECISIONS, f"one of {ADAPTER_PRECISIONS}"),
             "use_feature": (self.use_feature or self.use_logit, "true when use_logit is false"),
             "gaussian_overlap": (0 < self.gaussian_overlap < 1, "in (0, 1)"),
             "min_radius": (self.min_radius >= 0, ">= 0"),
@@ -164,7 +170,8 @@ class RDDLoss(DistillLoss):
     def forward(self, step: DistillStep) -> dict[str, Tensor]:
         proposals, num_teacher = self._proposals(step)
         teacher_map, student_map = self._maps(step)
-        adapted = self.adapter(student_map if self.config.use_feature else student_map.detach())  # (B, C_T, H_S, W_S)
+        adapted = self._adapt(student_map if self.config.use_feature else student_map.detach(),
+                              self.config.adapter_precision)  # (B, C_T, H_S, W_S)
         teacher = self._pool(teacher_map, step.teacher.geometry, proposals)  # (P, g², C_T) logits over τ
         teacher_probs = teacher.softmax(dim=-1)
         if self._selection_reads_disparity():
@@ -203,7 +210,7 @@ class RDDLoss(DistillLoss):
         proposals, num_teacher = self._proposals(step)
         teacher_map, student_map = self._maps(step)
         teacher = self._pool(teacher_map, step.teacher.geometry, proposals).softmax(dim=-1)
-        student = self._pool(self.adapter(student_map), step.student.geometry, proposals).softmax(dim=-1)
+        student = self._pool(self._adapt(student_map), step.student.geometry, proposals).softmax(dim=-1)
         return self._pairs(proposals, num_teacher, teacher, student)
 
     def _selection_reads_disparity(self) -> bool:
@@ -233,12 +240,24 @@ class RDDLoss(DistillLoss):
                                  f"got {tuple(feature_map.shape)}")
         return teacher_map, student_map
 
+    def _adapt(self, student_map: Tensor, precision: str = "fp32") -> Tensor:
+        """ψ(student map), laid out channels-last: the pooling then reads its cells in place, without the copy
+        a contiguous map costs at every pooling (the convolution costs the same in either layout). ψ's
+        convolution runs at ``precision`` (reports measure in fp32); BatchNorm, ReLU and all that follows in fp32."""
+        student_map = student_map.contiguous(memory_format=torch.channels_last)
+        dtype = adapter_dtype(precision, student_map.device)
+        if dtype is None:
+            return self.adapter(student_map)
+        convolution, norm, activation = self.adapter
+        with torch.autocast(student_map.device.type, dtype=dtype):
+            mapped = convolution(student_map)
+        return activation(norm(mapped.float()))
+
     def _pool(self, feature_map: Tensor, geometry: BEVGeometry, proposals: Proposals) -> Tensor:
         """``feature_map`` pooled at every proposal, over τ: ``(P, g², C)`` logits of the channel softmax R̂,
-        channels last."""
-        pooled = pool_boxes_channels_last(feature_map, geometry, proposals.boxes, proposals.batch_index,
-                                          self.config.grid_size)
-        return pooled / self.config.tau
+        channels last (1/τ rides on the interpolation weights)."""
+        return pool_boxes_channels_last(feature_map, geometry, proposals.boxes, proposals.batch_index,
+                                        self.config.grid_size, scale=1.0 / self.config.tau)
 
     def _pairs(self, proposals: Proposals, num_teacher: int, teacher: Tensor, student: Tensor) -> RegionPairs:
         """``teacher``, ``student``: detached normalised patches R̂ (channel softmax) of every pair."""
@@ -305,8 +324,9 @@ class RDDLoss(DistillLoss):
 
 
 def _mean_squared_distance(student: Tensor, teacher: Tensor) -> Tensor:
-    """(P, g², C) patches -> (P,): the squared difference summed over channels, averaged over the grid."""
-    return (student - teacher).pow(2).sum(dim=-1).mean(dim=1)
+    """(P, g², C) patches -> (P,): the squared difference summed over channels, averaged over the grid (the
+    norm reads the difference once, where squaring and summing it would read it twice)."""
+    return torch.linalg.vector_norm(student - teacher, dim=-1).square().mean(dim=1)
 
 
 METHODS.register(Method("rdd", RDDConfig, RDDLoss,

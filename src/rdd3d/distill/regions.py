@@ -26,13 +26,15 @@ def _sampling_grid(xy: Tensor, geometry: BEVGeometry, map_size: tuple[int, int])
     return cells * cells.new_tensor([2.0 / width, 2.0 / height]) - 1.0
 
 
-def sample_points(feature_map: Tensor, geometry: BEVGeometry, xy: Tensor, batch_index: Tensor) -> Tensor:
+def sample_points(feature_map: Tensor, geometry: BEVGeometry, xy: Tensor, batch_index: Tensor,
+                  scale: float = 1.0) -> Tensor:
     """Bilinear values of ``feature_map`` (B, C, H, W) at metric points ``xy`` (K, P, 2), point set
-    ``k`` read in sample ``batch_index[k]`` -> ``(K, P, C)``, channels last; as ``grid_sample`` with
-    ``align_corners=False`` and zero padding reads them (corners off the map count zero).
+    ``k`` read in sample ``batch_index[k]``, times ``scale`` -> ``(K, P, C)``, channels last; as
+    ``grid_sample`` with ``align_corners=False`` and zero padding reads them (corners off the map count zero).
 
-    One ``embedding_bag`` over the channels-last map: each point is the weighted sum of its four corner
-    cells, a fused gather with a cheap backward (``grid_sample`` on CPU costs several times more here)."""
+    One ``embedding_bag`` over the map's cells: each point is the weighted sum of its four corner cells, a
+    fused gather with a cheap backward (``grid_sample`` on CPU costs several times more here). A map laid out
+    channels-last is read in place; ``scale`` rides on the corner weights, not on a pass over the result."""
     batch, channels, height, width = feature_map.shape
     if batch_index.numel() and int(batch_index.max()) >= batch:
         raise ValueError(f"sample_points: batch_index reaches {int(batch_index.max())} but the map holds "
@@ -51,7 +53,7 @@ def sample_points(feature_map: Tensor, geometry: BEVGeometry, xy: Tensor, batch_
             on_map = (column >= 0) & (column < width) & (row >= 0) & (row < height)
             flat = (batch_index[:, None] * height + row.clamp(0, height - 1)) * width + column.clamp(0, width - 1)
             corner_index.append(flat)
-            corner_weight.append(weight * on_map)
+            corner_weight.append(weight * on_map * scale)
     cells = feature_map.permute(0, 2, 3, 1).reshape(batch * height * width, channels)  # (B*H*W, C)
     sampled = F.embedding_bag(torch.stack(corner_index, dim=-1).view(-1, 4), cells, mode="sum",
                               per_sample_weights=torch.stack(corner_weight, dim=-1).view(-1, 4).to(cells.dtype))
@@ -88,15 +90,17 @@ def pool_boxes(
 
 
 def pool_boxes_channels_last(
-    feature_map: Tensor, geometry: BEVGeometry, boxes: Tensor, batch_index: Tensor, grid_size: int = 7
+    feature_map: Tensor, geometry: BEVGeometry, boxes: Tensor, batch_index: Tensor, grid_size: int = 7,
+    scale: float = 1.0,
 ) -> Tensor:
-    """:func:`pool_boxes` laid out ``(K, grid_size², C)``: channels last, as a channel softmax reads them fastest."""
+    """:func:`pool_boxes` laid out ``(K, grid_size², C)``, times ``scale``: channels last, as a channel softmax
+    reads them fastest."""
     if grid_size < 1:
         raise ValueError(f"pool_boxes: grid_size must be >= 1, got {grid_size}")
     if boxes.ndim != 2 or boxes.shape[1] < 7 or batch_index.shape != boxes.shape[:1]:
         raise ValueError(f"pool_boxes: needs boxes (K, 7+) and batch_index (K,), got {tuple(boxes.shape)} and "
                          f"{tuple(batch_index.shape)}")
-    return sample_points(feature_map, geometry, box_grid_points(boxes, grid_size), batch_index)
+    return sample_points(feature_map, geometry, box_grid_points(boxes, grid_size), batch_index, scale)
 
 
 def resample_to(feature_map: Tensor, source: BEVGeometry, target: BEVGeometry, map_size: tuple[int, int]) -> Tensor:
