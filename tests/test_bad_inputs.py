@@ -6,8 +6,10 @@ met gets a clear error, the documented exit code, and leaves what it did not nam
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import pickle
 import shutil
 import sys
 from pathlib import Path
@@ -73,6 +75,21 @@ def _tensors_checkpoint(work: Path) -> None:
     torch.save({"weight": torch.zeros(2)}, work / "tensors.pt")
 
 
+def _foreign_checkpoint_of_another_architecture(work: Path) -> None:
+    """second.pth: an OpenPCDet checkpoint of SECOND (an anchor head), not of a CenterPoint."""
+    torch.save({"model_state": {"backbone_3d.conv_input.0.weight": torch.zeros(16, 3, 3, 3, 5),
+                                "dense_head.conv_cls.weight": torch.zeros(18, 512, 1, 1),
+                                "dense_head.conv_box.weight": torch.zeros(42, 512, 1, 1)},
+                "epoch": 80, "version": "pcdet+0.6.0"}, work / "second.pth")
+
+
+def _truncated_foreign_checkpoint(work: Path) -> None:
+    """cut.pth: the first half of an OpenPCDet checkpoint (a download cut short)."""
+    buffer = io.BytesIO()
+    torch.save({"model_state": {"backbone_3d.conv_input.0.weight": torch.zeros(16, 3, 3, 3, 5)}, "epoch": 1}, buffer)
+    (work / "cut.pth").write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+
+
 def _dataset(work: Path) -> None:
     write_dataset(work / "sim", {split: SyntheticDataset(split, 1, seed=0) for split in ("train", "val")},
                   progress=False)
@@ -90,6 +107,31 @@ def _dataset_folder_for_points(work: Path) -> None:
     path = work / "sim" / "points" / "train_000000.bin"
     path.unlink()
     path.mkdir()
+
+
+def _dataset_of_4_column_points(work: Path) -> None:
+    """A frame's 5-column point file replaced by 20 points of 4 columns: 80 values, 16 rows of 5 as well."""
+    _dataset(work)
+    rows = np.random.default_rng(0).normal(scale=10.0, size=(20, 4)).astype(np.float32)
+    rows[:, 3] = np.abs(rows[:, 3])  # an intensity
+    (work / "sim" / "points" / "train_000000.bin").write_bytes(rows.tobytes())
+
+
+def _kitti_info_file(work: Path) -> None:
+    """infos.pkl: mmdetection3d's KITTI info file of frame 000008, where nuscenes_infos.yaml expects nuScenes'."""
+    from data.test_mmdet3d_info_files import KITTI_CATEGORIES, kitti_record
+
+    info = {"metainfo": {"categories": KITTI_CATEGORIES, "dataset": "kitti", "info_version": "1.1"},
+            "data_list": [kitti_record()]}
+    (work / "infos.pkl").write_bytes(pickle.dumps(info, protocol=2))
+
+
+def _info_file_of_two_box_conventions(work: Path) -> None:
+    """infos.pkl: a nuScenes frame whose first four boxes are in mmdetection3d's 1.x convention, the rest in
+    its pre-1.0 one."""
+    from data.test_mmdet3d_info_files import scene_file, to_pre_v1
+
+    scene_file(work, lambda boxes: np.concatenate([boxes[:4], to_pre_v1(boxes[4:])]))
 
 
 def _exported_model(work: Path) -> None:
@@ -110,8 +152,13 @@ def _exported_model_of_another_version(work: Path) -> None:
 
 SETUPS = {"checkpoint": _checkpoint, "nan_checkpoint": _nan_checkpoint, "kitti_checkpoint": _kitti_checkpoint,
           "malicious_checkpoint": _malicious_checkpoint, "tensors_checkpoint": _tensors_checkpoint,
+          "foreign_checkpoint_of_another_architecture": _foreign_checkpoint_of_another_architecture,
+          "truncated_foreign_checkpoint": _truncated_foreign_checkpoint,
           "dataset": _dataset, "dataset_far_point": _dataset_far_point,
-          "dataset_folder_for_points": _dataset_folder_for_points, "exported_model": _exported_model,
+          "dataset_folder_for_points": _dataset_folder_for_points,
+          "dataset_of_4_column_points": _dataset_of_4_column_points,
+          "kitti_info_file": _kitti_info_file, "info_file_of_two_box_conventions": _info_file_of_two_box_conventions,
+          "exported_model": _exported_model,
           "exported_model_of_another_version": _exported_model_of_another_version}
 
 

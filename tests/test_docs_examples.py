@@ -198,10 +198,17 @@ def check_rdd3d_command(argv: list[str]) -> None:
                                       f"distill.teacher_checkpoint={args.teacher}", *args.set])
     elif args.command == "calibrate" and Path(args.student).suffix != ".pt":
         load_run_config(args.config, [*args.set, f"model.preset={args.student}"])
+    elif args.command == "import-checkpoint":
+        from rdd3d.models.foreign import foreign_model
+
+        foreign_model(args.framework, args.preset, args.dataset)
+        load_run_config(args.config, [*args.set, f"data.dataset={args.dataset}", f"model.preset={args.preset}"])
     elif args.command == "benchmark":
         from rdd3d.benchmark import load_plan
 
         load_plan(args.plan, args.set)
+    elif args.command == "show" and args.config:  # a frame of the dataset a run config names
+        load_run_config(args.config, args.set)
     elif args.command in ("simulate", "show"):
         from rdd3d.core.config_loading import build_config
         from rdd3d.data.synthetic import WorldConfig

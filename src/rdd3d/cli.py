@@ -60,44 +60,91 @@ def _run_simulate(args) -> None:
 # ----------------------------------------------------------------------------- show
 def _add_show(commands) -> None:
     parser = commands.add_parser(
-        "show", help="render a bird's-eye-view PNG of a frame",
-        description="Render points (coloured by height or intensity) and ground-truth boxes with headings. "
-                    "The frame comes from the synthetic world (--split/--index/--seed) or from a dataset "
-                    "written by `rdd3d simulate` (--root).",
+        "show", help="render a bird's-eye-view PNG of a frame of any dataset, with detections of a results file",
+        description="Render a frame's points (greys by height or intensity) and its ground-truth boxes with headings, "
+                    "coloured by class; with --results also the detections of a results file, dashed, with their "
+                    "scores. The frame comes from the dataset a run config names (--config: synthetic, nuscenes or "
+                    "kitti, read as `rdd3d train` reads it), from a dataset written by `rdd3d simulate` (--root), or "
+                    "from the synthetic world (--split/--index/--seed).",
     )
     parser.add_argument("--out", required=True, type=Path, help="PNG to write")
+    parser.add_argument("--config", action="append", default=[], type=Path,
+                        help="run config YAML(s) whose data section names the dataset, merged in order (repeatable)")
     parser.add_argument("--root", type=Path, help="dataset folder written by `rdd3d simulate`")
-    parser.add_argument("--split", default="val")
-    parser.add_argument("--index", type=int, default=0, help="frame index within the split")
-    parser.add_argument("--seed", type=int, default=0, help="synthetic world seed (without --root)")
+    parser.add_argument("--split", default="val", help="the split (with --config: train or val; default val)")
+    parser.add_argument("--index", type=int, default=0,
+                        help="frame index within the split (nuScenes: the info file's order, without CBGS)")
+    parser.add_argument("--results", type=Path,
+                        help="detections to draw, as `rdd3d eval --write-results` writes them: a submission JSON "
+                             "(nuScenes: global frame; synthetic: LiDAR frame) or KITTI result files (a folder of "
+                             "<frame_id>.txt, or the frame's file)")
+    parser.add_argument("--min-score", type=float, default=0.3, help="detections scored lower are not drawn (0.3)")
+    parser.add_argument("--seed", type=int, default=0, help="synthetic world seed (without --root and --config)")
     parser.add_argument("--color-by", choices=("height", "intensity"), default="height")
     parser.add_argument("--extent", type=float, default=None, help="half-width of the picture in metres")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="with --config, override a run-config value (--set data.root=data/kitti); without, a "
+                             "synthetic-world setting (--set lidar.beams=16) (repeatable)")
     _add_overwrite(parser)
-    _add_world_overrides(parser)
     parser.set_defaults(handler=_run_show)
 
 
 def _run_show(args) -> None:
+    from rdd3d.core.types import Boxes3D
+    from rdd3d.engine.datasets import DATASETS
     from rdd3d.viz import BoxLayer, save_bev
 
-    _check_outputs(args, [args.out])
+    _check_outputs(args, [args.out], inputs=[args.results])
+    name, dataset = _shown_split(args)
+    if not 0 <= args.index < len(dataset):
+        raise UsageError(f"--index {args.index} out of range: split '{args.split}' has {len(dataset)} frames")
+    frame = dataset[args.index]
+    layers = [BoxLayer(frame.boxes, frame.labels)]
+    title = f"{name} {args.split} #{args.index} {frame.frame_id}: {len(frame.points)} points, {len(frame.boxes)} boxes"
+    if args.results is not None:
+        (found,) = DATASETS[name].read_predictions(args.results, dataset, [frame])
+        scores = found.scores.numpy()
+        layers.append(BoxLayer(Boxes3D(found.boxes.numpy()), found.labels.numpy(), scores, name=args.results.name,
+                               min_score=args.min_score))
+        title += f", {int((scores >= args.min_score).sum())} of {len(scores)} detections"
+    save_bev(args.out, frame.points, layers, classes=frame.classes, color_by=args.color_by, extent=args.extent,
+             title=title)
+    print(f"wrote {args.out}")
+
+
+def _shown_split(args):
+    """(dataset name, the split) `rdd3d show` draws a frame of."""
+    if args.config:
+        from rdd3d.engine.config import load_run_config
+        from rdd3d.engine.datasets import build_datasets
+
+        if args.root is not None:
+            raise UsageError("--root reads a `rdd3d simulate` folder; with --config the config's data.root does")
+        if args.split not in ("train", "val"):
+            raise UsageError(f"--split {args.split!r}: with --config, the config's train or val split")
+        config = load_run_config(args.config, args.set)
+        config.data.cache_in_memory = False  # only the frame drawn is read
+        config.data.nuscenes.use_cbgs = False  # --index counts the info file's records, not CBGS's draws
+        train, val = build_datasets(config.data)
+        return config.data.dataset, train if args.split == "train" else val
+    from dataclasses import fields
+
+    from rdd3d.engine.config import RunConfig
+
+    sections = {field.name for field in fields(RunConfig)}
+    run_keys = [item for item in args.set if item.split("=", 1)[0].split(".", 1)[0] in sections]
+    if run_keys:
+        raise UsageError(f"--set {run_keys[0]}: a run-config key; name the run config with --config (e.g. --config "
+                         "configs/kitti/_base.yaml), without it --set changes the synthetic world")
     if args.root is not None:
         from rdd3d.data.synthetic.disk import DiskDataset
 
         if args.set:
             raise UsageError("--set changes the generated world; it cannot apply to a dataset read with --root")
-        dataset = DiskDataset(args.root, args.split)
-    else:
-        from rdd3d.data.synthetic import SyntheticDataset
+        return "synthetic", DiskDataset(args.root, args.split)
+    from rdd3d.data.synthetic import SyntheticDataset
 
-        dataset = SyntheticDataset(args.split, args.index + 1, seed=args.seed, config=_world_config(args.set))
-    if not 0 <= args.index < len(dataset):
-        raise UsageError(f"--index {args.index} out of range: split '{args.split}' has {len(dataset)} frames")
-    frame = dataset[args.index]
-    save_bev(args.out, frame.points, [BoxLayer(frame.boxes, frame.labels)], classes=frame.classes,
-             color_by=args.color_by, extent=args.extent,
-             title=f"{frame.frame_id}: {len(frame.points)} points, {len(frame.boxes)} boxes")
-    print(f"wrote {args.out}")
+    return "synthetic", SyntheticDataset(args.split, args.index + 1, seed=args.seed, config=_world_config(args.set))
 
 
 # ----------------------------------------------------------------------------- demo
@@ -263,6 +310,45 @@ def _evaluate_checkpoint(args):
         written = write_predictions(config.data, val_set, frames, detections, args.write_results)
         print(f"wrote {written}")
     return evaluate(val_set, frames, detections)
+
+
+# ----------------------------------------------------------------------------- import-checkpoint
+def _add_import_checkpoint(commands) -> None:
+    from rdd3d.models.foreign import FRAMEWORKS
+
+    parser = commands.add_parser(
+        "import-checkpoint", help="turn an OpenPCDet / SparseKD / mmdetection3d CenterPoint checkpoint into a teacher",
+        description="Map a foreign checkpoint's weights onto an rdd3d preset and write an rdd3d checkpoint that "
+                    "`rdd3d eval --checkpoint`, `rdd3d distill --teacher` and benchmark plans take. Supported models, "
+                    "key tables and what is refused: docs/import-checkpoints.md. --config / --set give the run "
+                    "config stored with it (data paths for `rdd3d eval`).",
+    )
+    parser.add_argument("--from", dest="framework", required=True, choices=FRAMEWORKS,
+                        help="the framework that wrote IN (SparseKD's checkpoints: openpcdet)")
+    parser.add_argument("--preset", required=True, help="the rdd3d preset of the same architecture, e.g. cp-voxel")
+    parser.add_argument("--dataset", required=True, choices=("nuscenes", "kitti", "waymo"),
+                        help="the dataset the model was trained on")
+    parser.add_argument("source", type=Path, metavar="IN", help="the foreign checkpoint (.pth)")
+    parser.add_argument("destination", type=Path, metavar="OUT", help="the rdd3d checkpoint to write")
+    _add_config_arguments(parser)
+    _add_overwrite(parser)
+    parser.set_defaults(handler=_run_import_checkpoint)
+
+
+def _run_import_checkpoint(args) -> None:
+    from rdd3d.engine.imported import import_checkpoint
+    from rdd3d.models.foreign import ForeignCheckpointError
+
+    _check_outputs(args, [args.destination], inputs=[args.source])
+    try:
+        imported = import_checkpoint(args.source, args.destination, args.framework, args.preset, args.dataset,
+                                     args.config, args.set)
+    except ForeignCheckpointError as error:  # a file or a choice that does not fit: bad input, exit 2
+        raise UsageError(str(error)) from None
+    provenance = imported.provenance
+    print(f"imported {provenance['tensors']} tensors of {args.source} ({args.framework}, "
+          f"{', '.join(imported.model.configs)}) as {args.preset} on {args.dataset}")
+    print(f"wrote {args.destination}")
 
 
 # ----------------------------------------------------------------------------- nuscenes-infos
@@ -759,8 +845,9 @@ def _world_config(overrides: Sequence[str]):
 
 
 COMMANDS: tuple[Callable, ...] = (_add_doctor, _add_demo, _add_simulate, _add_show, _add_nuscenes_infos,
-                                 _add_gt_database, _add_train, _add_distill, _add_eval, _add_flops, _add_benchmark,
-                                 _add_calibrate, _add_convergence, _add_disparity, _add_export, _add_predict)
+                                 _add_gt_database, _add_train, _add_distill, _add_eval, _add_import_checkpoint,
+                                 _add_flops, _add_benchmark, _add_calibrate, _add_convergence, _add_disparity,
+                                 _add_export, _add_predict)
 
 
 def build_parser() -> argparse.ArgumentParser:

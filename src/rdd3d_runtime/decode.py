@@ -22,12 +22,15 @@ def sigmoid(logits: np.ndarray) -> np.ndarray:
     return (1 / (1 + np.exp(-logits.astype(np.float64)))).astype(np.float32)
 
 
-def decode_boxes(codes: np.ndarray, columns: np.ndarray, rows: np.ndarray, spec: CenterDecodeSpec) -> np.ndarray:
-    """``(K, 8|10)`` box codes at cells ``(column, row)`` -> ``(K, 7|9)`` metric boxes."""
+def decode_boxes(codes: np.ndarray, columns: np.ndarray, rows: np.ndarray, labels: np.ndarray,
+                 spec: CenterDecodeSpec) -> np.ndarray:
+    """``(K, 8|10)`` box codes at cells ``(column, row)`` of boxes labelled ``labels`` (K,) -> ``(K, 7|9)``
+    metric boxes; the yaw of a half-period class is coded as twice the angle."""
     cells = np.stack([columns, rows], axis=1).astype(np.float32)
     xy = (cells + codes[:, 0:2]) * np.float32(spec.cell_size) + np.float32(spec.map_origin)
     sizes = np.exp(np.clip(codes[:, 3:6], *np.float32(spec.log_size_range)))
-    yaw = np.arctan2(codes[:, 7:8], codes[:, 6:7])
+    periods = np.where(np.isin(labels, spec.half_period_labels), 2, 1).astype(np.float32)
+    yaw = np.arctan2(codes[:, 7:8], codes[:, 6:7]) / periods[:, None]
     return np.concatenate([xy, codes[:, 2:3], sizes, yaw, codes[:, 8:]], axis=1).astype(np.float32)
 
 
@@ -39,12 +42,12 @@ def _task_candidates(maps: Mapping[str, np.ndarray], task: TaskSpec, spec: Cente
     scores = flat[top]
     cell = top % (height * width)
     codes = np.concatenate([maps[name][0] for name in task.box_code], axis=0).reshape(-1, height * width)
-    boxes = decode_boxes(codes[:, cell].T, cell % width, cell // width, spec)
+    labels = np.asarray(task.labels, dtype=np.int64)[top // (height * width)]
+    boxes = decode_boxes(codes[:, cell].T, cell % width, cell // width, labels, spec)
     keep = scores > spec.score_threshold
     if spec.post_center_range is not None:
         limits = np.float32(spec.post_center_range)
         keep &= np.all((boxes[:, :3] >= limits[:3]) & (boxes[:, :3] <= limits[3:]), axis=1)
-    labels = np.asarray(task.labels, dtype=np.int64)[top // (height * width)]
     return Detections(boxes[keep], scores[keep], labels[keep])
 
 

@@ -4,8 +4,9 @@ The exporter (:mod:`rdd3d.export`) writes it from these dataclasses and the runt
 them, so the format is defined once. A manifest of another ``format`` or ``format_version`` is refused
 by name; every field is checked on reading, and an error names the file and the field.
 
-Fields added within version 1 are optional (``anchor_decode``, ``int8``): a manifest written before them
-reads as one without them, and an older runtime ignores them.
+Fields added within version 1 are optional (``anchor_decode``, ``int8``, ``decode.half_period_labels``): a
+manifest written before them reads as one without them, and an older runtime ignores them (so an older
+runtime decodes the yaw of a half-period class wrongly: run such a model with this version's runtime).
 """
 
 from __future__ import annotations
@@ -127,6 +128,9 @@ class CenterDecodeSpec:
     post_center_range: Optional[tuple[float, float, float, float, float, float]]
     nms: NMSSpec
     max_per_sample: Optional[int]
+    # Class-table indices whose yaw is coded modulo π, as (cos 2 yaw, sin 2 yaw) (CenterHeadConfig's
+    # half_period_classes); added within version 1, so a manifest without it codes every yaw over the full circle.
+    half_period_labels: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -374,6 +378,7 @@ def _center_decode(fields: _Fields) -> CenterDecodeSpec:
         post_center_range=post_center_range,
         nms=_nms(fields.nested("nms")),
         max_per_sample=fields.optional_int("max_per_sample"),
+        half_period_labels=fields.ints("half_period_labels") if "half_period_labels" in fields.data else (),
     )
 
 

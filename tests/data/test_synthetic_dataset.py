@@ -96,3 +96,32 @@ def test_config_errors_name_the_field():
     with pytest.raises(ValueError, match="unknown split 'dev'"):
         SyntheticDataset("dev")
     assert WorldConfig(lidar={"beams": 8}).lidar == LidarConfig(beams=8)
+
+
+def test_a_class_subset_places_only_those_classes_and_labels_index_it():
+    config = WorldConfig(classes=("car", "barrier"), objects_per_scene=(20, 20))
+    dataset = SyntheticDataset("train", 4, config=config)
+    assert dataset.classes.names == ("car", "barrier")
+    labels = np.concatenate([dataset.scene(i)[0].labels for i in range(4)])
+    sizes = np.concatenate([dataset.scene(i)[0].boxes[:, 3] for i in range(4)])
+    assert set(labels) == {0, 1}
+    # Labels index the subset: car lengths about 4.6 m, barrier lengths about 2.5 m.
+    assert sizes[labels == 0].min() > 3.5 and sizes[labels == 1].max() < 3.6
+    # The class weights are renormalised over the chosen classes (car 0.28 : barrier 0.12).
+    assert 0.5 < (labels == 0).mean() < 0.9
+    frame = dataset[0]
+    assert frame.classes == dataset.classes and frame.labels.max() < 2
+
+
+def test_the_default_classes_are_the_catalog_and_a_subset_is_checked():
+    assert WorldConfig().classes == CLASS_NAMES
+    with pytest.raises(ValueError, match="WorldConfig.classes"):
+        WorldConfig(classes=("car", "bike"))
+    with pytest.raises(ValueError, match="WorldConfig.classes.*in that order"):
+        WorldConfig(classes=("barrier", "car"))
+    with pytest.raises(ValueError, match="WorldConfig.classes"):
+        WorldConfig(classes=())
+    # A chosen class with weight 0 would be in the class table but never placed.
+    with pytest.raises(ValueError, match=r"class_weights.*\['bus'\] have 0"):
+        WorldConfig(classes=("car", "bus"), class_weights=(1, 1, 0, 1, 1, 1, 1))
+    assert WorldConfig(classes=("car",), class_weights=(1, 0, 0, 0, 0, 0, 0)).classes == ("car",)

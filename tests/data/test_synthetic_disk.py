@@ -89,3 +89,30 @@ def test_truncated_point_file_is_reported(written, tmp_path):
     points.write_bytes(points.read_bytes()[:-4])
     with pytest.raises(PointFileError, match="val_000000.bin.*not a multiple of 5 columns"):
         DiskDataset(root, "val")[0]
+
+
+def test_a_class_subset_is_recorded_and_read_back(tmp_path):
+    config = WorldConfig(lidar=TINY.lidar, objects_per_scene=(4, 6), distractors_per_scene=(2, 4),
+                         classes=("pedestrian", "barrier"))
+    simulate(tmp_path / "subset", train_size=1, val_size=1, seed=2, config=config, progress=False)
+    manifest = json.loads((tmp_path / "subset" / "dataset.json").read_text())
+    assert manifest["classes"] == ["pedestrian", "barrier"]
+    assert manifest["splits"]["train"]["world_config"]["classes"] == ["pedestrian", "barrier"]
+    loaded, generated = DiskDataset(tmp_path / "subset", "train"), SyntheticDataset("train", 1, seed=2, config=config)
+    assert loaded.classes.names == ("pedestrian", "barrier") and loaded.world_config == config
+    np.testing.assert_array_equal(loaded[0].labels, generated[0].labels)
+    # A split whose world placed other classes than the dataset's table names is refused.
+    manifest["splits"]["train"]["world_config"]["classes"] = ["car", "barrier"]
+    (tmp_path / "subset" / "dataset.json").write_text(json.dumps(manifest))
+    with pytest.raises(DatasetFormatError, match=r"dataset.json: split 'train' was generated with world_config.classes"):
+        DiskDataset(tmp_path / "subset", "train")
+    assert DiskDataset(tmp_path / "subset", "val").classes.names == ("pedestrian", "barrier")
+
+
+def test_a_dataset_written_before_class_subsets_reads_with_every_class(written, tmp_path):
+    copy = _copy(written, tmp_path)
+    manifest = json.loads((copy / "dataset.json").read_text())
+    for entry in manifest["splits"].values():
+        del entry["world_config"]["classes"]
+    (copy / "dataset.json").write_text(json.dumps(manifest))
+    assert DiskDataset(copy, "train").world_config == TINY

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -40,7 +42,7 @@ def test_a_bad_data_config_is_named(data, message):
 def test_every_dataset_has_detector_presets_and_a_registered_metric():
     assert tuple(DATASETS) == list_datasets() == ("nuscenes", "kitti", "synthetic")
     for name, dataset in DATASETS.items():
-        assert dataset.classes == DETECTOR_SETUPS[name].classes, name  # the presets' label order
+        assert dataset.classes(DataConfig(dataset=name)) == DETECTOR_SETUPS[name].classes, name  # the presets' order
         assert dataset.evaluation in EVALUATIONS, name
     assert summary_metric_names(DataConfig(dataset="kitti")) == (
         "mAP", "AP/Car", "AP/Pedestrian", "AP/Cyclist", "AP_bev/Car", "AP_bev/Pedestrian", "AP_bev/Cyclist")
@@ -79,3 +81,22 @@ def test_synthetic_ground_truth_scores_full_marks_and_exports_a_readable_submiss
     path = write_predictions(data, val, frames, detections, tmp_path / "results.json")
     table, meta = nuscenes_io.read_results(path, frame_metric_config(val.class_ranges, val.classes.names))
     assert meta == {"use_lidar": True} and len(table) == sum(len(f.boxes) for f in frames)
+
+
+def test_the_synthetic_classes_come_from_the_world_config_and_a_disk_dataset_must_match(tmp_path):
+    from rdd3d.core.config_loading import ConfigError
+    from rdd3d.data.synthetic import simulate
+    from rdd3d.engine.datasets import dataset_classes
+
+    subset = dataclasses.replace(SMALL_WORLD, classes=("car", "barrier"))
+    data = DataConfig(train_size=1, val_size=1, world=subset, cache_in_memory=False)
+    assert dataset_classes(data) == ("car", "barrier")
+    assert summary_metric_names(data)[-2:] == ("AP/car", "AP/barrier")
+    train, val = build_datasets(data)
+    assert train.classes.names == val.classes.names == ("car", "barrier")
+    simulate(tmp_path / "subset", train_size=1, val_size=1, config=subset, progress=False)
+    from_disk = DataConfig(root=str(tmp_path / "subset"), world=subset, cache_in_memory=False)
+    assert build_datasets(from_disk)[0].classes.names == ("car", "barrier")
+    with pytest.raises(ConfigError, match=r"dataset.json has the classes \['car', 'barrier'\], data.world.classes is "
+                                          r"\['car', 'truck'"):
+        build_datasets(DataConfig(root=str(tmp_path / "subset"), cache_in_memory=False))

@@ -2,6 +2,7 @@ import pytest
 
 from rdd3d.core.config_loading import ConfigError
 from rdd3d.engine.config import load_run_config
+from rdd3d.models.presets import preset_config
 
 
 @pytest.mark.parametrize("overrides, named", [
@@ -43,3 +44,25 @@ def test_a_bad_setting_exits_2_before_any_data_is_read(tmp_path, capsys):
     assert main(["train", "--set", "trainer.checkpoint_interval=0", "--set", f"output_dir={tmp_path / 'run'}"]) == EXIT_USAGE
     assert "trainer.checkpoint_interval must be >= 1" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_the_data_classes_choose_the_detectors_classes_heads_and_anchors():
+    config = load_run_config(overrides=["data.world.classes=[car,bus,barrier]", "model.preset=cp-voxel-xxs"])
+    detector = config.detector_config()
+    assert detector.classes == ("car", "bus", "barrier")
+    assert detector.head.class_groups == (("car", "bus"), ("barrier",))  # the empty people group is dropped
+    anchors = load_run_config(overrides=["data.world.classes=[car,bus,barrier]", "model.preset=second-xs"])
+    assert [spec.class_name for spec in anchors.detector_config().head.anchors] == ["car", "bus", "barrier"]
+    # By default the run's detector is the preset itself, on every class of the world.
+    assert load_run_config().detector_config() == preset_config("cp-voxel", "synthetic")
+
+
+@pytest.mark.parametrize("overrides, named", [
+    (['model.overrides={"classes": [car]}'], "model.overrides must be free of 'classes'"),
+    (["data.world.classes=[car]", "trainer.best_metric=AP/bus"], "trainer.best_metric must be a metric of"),
+    (["data.world.classes=[car]", 'model.overrides={"head.half_period_classes": [barrier]}'],
+     "half_period_classes must be classes of the detector \\['car'\\]"),
+])
+def test_a_class_choice_that_does_not_fit_fails_when_the_config_loads(overrides, named):
+    with pytest.raises(ConfigError, match=named):
+        load_run_config(overrides=overrides)

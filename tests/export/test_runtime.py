@@ -127,6 +127,18 @@ def test_every_nms_kind_and_the_per_sample_cap_match_rdd3d(nms, tmp_path):
     _assert_same_detections(found, expected)
 
 
+def test_the_runtime_decodes_half_period_yaws_as_rdd3d(tmp_path):
+    # The peaked untrained head finds trucks: their yaw is the one decoded modulo π here.
+    exported = export_peaked(PILLAR_PRESET, tmp_path, **{"head.half_period_classes": ("truck", "barrier")})
+    half_period = (1, 6)  # the synthetic world's truck and barrier
+    assert read_manifest(exported.folder).decode.half_period_labels == half_period
+    found = ExportedModel(exported.folder).predict(exported.points.numpy())
+    with torch.no_grad():
+        expected = exported.detector.decode(exported.detector([exported.points]))[0]
+    _assert_same_detections(found, expected)
+    assert np.isin(found.labels, half_period).any()
+
+
 def test_the_runtime_runs_where_torch_cannot_be_imported(pillar_export, tmp_path):
     points_file = tmp_path / "frame.bin"
     pillar_export.points.numpy().tofile(points_file)

@@ -155,3 +155,73 @@ def test_decoded_sizes_stay_finite_and_positive_for_wild_log_sizes():
     assert torch.isfinite(sizes).all() and (sizes > 0).all()
     torch.testing.assert_close(sizes[2], torch.full((3,), 2.0))
     assert sizes[0].max() <= 1000.0 + 1e-3
+
+
+def test_a_half_period_yaw_and_its_turn_by_pi_give_one_target():
+    from rdd3d.models.heads.targets import decode_boxes, encode_boxes
+
+    yaws = torch.tensor([-3.0, -1.2, 0.0, 0.4, 1.5, 2.9])
+    boxes = torch.zeros(12, 7)
+    boxes[:, 3:6] = 1.0
+    boxes[:, 6] = torch.cat([yaws, yaws + math.pi])
+    cells = box_cells(boxes, GRID)
+    half = torch.ones(12, dtype=torch.bool)
+    codes = encode_boxes(boxes, cells, with_velocity=False, half_period=half)
+    torch.testing.assert_close(codes[:6], codes[6:], atol=1e-5, rtol=0)
+    torch.testing.assert_close(codes[:, 6:8], torch.stack([torch.cos(2 * boxes[:, 6]), torch.sin(2 * boxes[:, 6])], 1))
+    decoded = decode_boxes(codes, cells.cell, GRID, half)[:, 6]
+    assert decoded.abs().max() <= math.pi / 2 + 1e-6
+    # The decoded yaw is the true one modulo π; a full-period box keeps its own yaw.
+    torch.testing.assert_close(torch.sin(decoded - boxes[:, 6]), torch.zeros(12), atol=1e-5, rtol=0)
+    full = encode_boxes(boxes, cells, with_velocity=False)
+    assert not torch.allclose(full[:6], full[6:])
+    torch.testing.assert_close(decode_boxes(full, cells.cell, GRID)[:6, 6], yaws, atol=1e-5, rtol=0)
+
+
+def test_half_period_codes_are_continuous_across_the_turn():
+    # Wrapping a yaw into [-π/2, π/2) would jump from -1 to +1 in sin at ±π/2; (cos 2θ, sin 2θ) does not.
+    from rdd3d.models.heads.targets import encode_boxes
+
+    boxes = torch.zeros(2, 7)
+    boxes[:, 3:6] = 1.0
+    boxes[:, 6] = torch.tensor([math.pi / 2 - 1e-3, math.pi / 2 + 1e-3])
+    codes = encode_boxes(boxes, box_cells(boxes, GRID), False, torch.ones(2, dtype=torch.bool))
+    assert (codes[0, 6:8] - codes[1, 6:8]).abs().max() < 1e-2
+
+
+def test_the_decoded_yaw_of_a_barrier_equals_its_true_yaw_modulo_pi():
+    classes = ClassTable(("car", "barrier"))
+    decode = DecodeConfig(score_threshold=0.99, nms=NMSConfig(kind="none"))
+    config = CenterHeadConfig(class_groups=(("car",), ("barrier",)), decode=decode, half_period_classes=("barrier",))
+    head = CenterHead(8, classes, (-16.0, -12.0, -3.0, 16.0, 12.0, 3.0), (0.125, 0.125, 6.0), 4, config)
+    assert head.half_period_labels == (1,)
+    boxes = torch.tensor([
+        [1.3, -2.6, -0.5, 4.2, 1.9, 1.6, 2.8],  # car: yaw kept over the full circle
+        [-6.1, 5.2, -0.6, 2.5, 0.5, 1.0, 2.8],  # barriers at yaws in every quadrant
+        [8.3, -7.9, -0.6, 2.5, 0.5, 1.0, -2.0],
+        [-10.2, -4.4, -0.6, 2.5, 0.5, 1.0, 0.7],
+        [11.6, 6.6, -0.6, 2.5, 0.5, 1.0, -1.1],
+    ])
+    labels = torch.tensor([0, 1, 1, 1, 1])
+    targets = head.targets((48, 64), [boxes], [labels])
+    barrier_codes = targets[1].box_codes[0, targets[1].mask[0]]
+    torch.testing.assert_close(barrier_codes[:, 6:8], torch.stack([torch.cos(2 * boxes[1:, 6]),
+                                                                   torch.sin(2 * boxes[1:, 6])], 1))
+    predictions = _predictions_from_targets(targets, 48, 64)
+    for detections in (head.decode(predictions)[0],
+                       head.decode_peaks(predictions, max_per_sample=10, score_threshold=0.99)[0]):
+        order = torch.argsort(detections.boxes[:, 0])
+        expected_order = torch.argsort(boxes[:, 0])
+        found, expected = detections.boxes[order], boxes[expected_order]
+        assert detections.labels[order].tolist() == labels[expected_order].tolist()
+        torch.testing.assert_close(found[:, :6], expected[:, :6], atol=1e-4, rtol=1e-4)
+        is_barrier = labels[expected_order] == 1
+        turn = found[:, 6] - expected[:, 6]
+        torch.testing.assert_close(torch.sin(turn[is_barrier]), torch.zeros(4), atol=1e-4, rtol=0)
+        torch.testing.assert_close(found[~is_barrier, 6], expected[~is_barrier, 6], atol=1e-4, rtol=0)
+
+
+def test_a_half_period_class_must_be_a_class_of_the_head():
+    config = CenterHeadConfig(class_groups=GROUPS, half_period_classes=("barrier",))
+    with pytest.raises(ValueError, match="half_period_classes"):
+        CenterHead(8, CLASSES, (-16.0, -12.0, -3.0, 16.0, 12.0, 3.0), (0.125, 0.125, 6.0), 4, config)

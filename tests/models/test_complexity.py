@@ -92,7 +92,8 @@ def test_flops_report_measures_the_teacher_for_the_ratio(synthetic_points):
 @pytest.mark.slow
 def test_nuscenes_ratios_are_the_papers(real_data):
     """Student / teacher MACs on the real nuScenes sweep within 3 points of the paper's ratios."""
-    report = flops_report(list_presets("nuscenes"), "nuscenes", reference_points("nuscenes"))
+    papers = [name for name in list_presets("nuscenes") if name in PAPER_GFLOPS]  # not the model zoos' teachers
+    report = flops_report(papers, "nuscenes", reference_points("nuscenes"))
     for row in report.rows:
         assert row.macs_ratio == pytest.approx(row.paper_macs_ratio, abs=0.03), row.preset
         assert PAPER_GFLOPS[row.preset] == row.paper_gflops

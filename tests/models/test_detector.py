@@ -19,7 +19,7 @@ def _inputs(frame):
             [torch.from_numpy(frame.labels)])
 
 
-CENTER_PRESETS = [name for name in list_presets() if name not in ANCHOR_PRESETS]
+CENTER_PRESETS = [name for name in list_presets("synthetic") if name not in ANCHOR_PRESETS]
 
 
 @pytest.mark.parametrize("name", CENTER_PRESETS)

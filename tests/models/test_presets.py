@@ -11,16 +11,32 @@ VOXEL_FAMILY = ("cp-voxel", "cp-voxel-s", "cp-voxel-xs", "cp-voxel-xxs")
 PILLAR_FAMILY = ("cp-pillar", "cp-pillar-v0.4", "cp-pillar-v0.48", "cp-pillar-v0.64")
 
 
+#: The model zoos' nuScenes CenterPoints (importable teachers, docs/import-checkpoints.md).
+ZOO_TEACHERS = ("cp-voxel-v0.075", "cp-pillar-s4")
 SECOND_FAMILY = ("second", "second-s", "second-xs")
 POINTPILLARS_FAMILY = ("pointpillars", "pointpillars-s", "pointpillars-xs")
 
 
 def test_the_paper_presets_and_datasets_are_listed():
-    assert list_presets() == VOXEL_FAMILY + PILLAR_FAMILY + SECOND_FAMILY + POINTPILLARS_FAMILY
-    assert list_presets("nuscenes") == VOXEL_FAMILY + PILLAR_FAMILY
+    assert list_presets() == VOXEL_FAMILY + PILLAR_FAMILY + ZOO_TEACHERS + SECOND_FAMILY + POINTPILLARS_FAMILY
+    assert list_presets("nuscenes") == VOXEL_FAMILY + PILLAR_FAMILY + ZOO_TEACHERS
+    assert "cp-voxel-v0.075" not in list_presets("kitti") and "cp-pillar-s4" in list_presets("kitti")
     assert list_datasets() == ("nuscenes", "kitti", "synthetic")
     assert [teacher_of(name) for name in list_presets()] == (
-        ["cp-voxel"] * 4 + ["cp-pillar"] * 4 + ["second"] * 3 + ["pointpillars"] * 3)
+        ["cp-voxel"] * 4 + ["cp-pillar"] * 4 + ["cp-voxel", "cp-pillar"] + ["second"] * 3 + ["pointpillars"] * 3)
+
+
+def test_the_model_zoo_teachers_have_their_grids_on_nuscenes():
+    """OpenPCDet's cbgs_voxel0075_res3d_centerpoint and cbgs_dyn_pp_centerpoint / mmdetection3d's pillar02."""
+    fine = build_detector("cp-voxel-v0.075", "nuscenes")
+    assert fine.voxelizer.grid_size == (1440, 1440, 40) and fine.point_cloud_range == (-54, -54, -5, 54, 54, 3)
+    assert count_parameters(fine) == count_parameters(build_detector("cp-voxel", "nuscenes"))
+    pillar = build_detector("cp-pillar-s4", "nuscenes")
+    assert pillar.voxelizer.grid_size == (512, 512, 1) and pillar.feature_stride == 4
+    assert pillar.backbone_2d.out_channels == 384
+    with pytest.raises(ValueError, match=r"preset 'cp-voxel-v0.075' \(a grid only those datasets name\) is offered "
+                                         r"on the datasets \['nuscenes'\], not on 'kitti'"):
+        preset_config("cp-voxel-v0.075", "kitti")
 
 
 @pytest.mark.parametrize("dataset", ["nuscenes", "kitti", "synthetic"])
@@ -91,3 +107,17 @@ def test_overrides_reach_nested_fields_and_unknown_ones_are_named():
         build_detector("cp-voxel-m")
     with pytest.raises(ValueError, match="unknown dataset 'waymo'"):
         build_detector("cp-voxel", dataset="waymo")
+
+
+def test_a_class_subset_keeps_the_default_groups_of_its_classes():
+    config = preset_config("cp-voxel-xxs", "nuscenes", class_subset=("car", "bus", "barrier", "bicycle"))
+    assert config.classes == ("car", "bus", "barrier", "bicycle")
+    assert config.head.class_groups == (("car",), ("bus",), ("barrier",), ("bicycle",))
+    second = preset_config("second-xs", "synthetic", class_subset=("truck", "pedestrian"))
+    assert [spec.class_name for spec in second.head.anchors] == ["truck", "pedestrian"]
+    assert second.head.anchors[0] == DATASETS["synthetic"].anchors[1]
+    detector = build_detector("cp-voxel-xxs", "synthetic", class_subset=("car", "barrier"))
+    assert detector.classes.names == ("car", "barrier") and detector.head.task_labels == ((0,), (1,))
+    for classes in (("car", "bike"), (), ("car", "car")):
+        with pytest.raises(ValueError, match="expected distinct classes of the dataset"):
+            preset_config("cp-voxel", "synthetic", class_subset=classes)

@@ -21,7 +21,6 @@ and the student's loss is ``L_det + α1·L_feat + α2·L_logit``. Details and th
 
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass
 from typing import NamedTuple

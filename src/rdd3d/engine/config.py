@@ -11,11 +11,13 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from rdd3d.core.config_loading import build_config, require
+from rdd3d.data.nuscenes.mmdet3d import MMDET3D_DATA_PREFIX
 from rdd3d.data.synthetic.config import WorldConfig
 from rdd3d.data.synthetic.dataset import EVALUATION_SPLITS
 from rdd3d.data.transforms import AugmentationConfig
 from rdd3d.distill.methods import DistillConfig
 from rdd3d.engine.trainer import OptimConfig, TrainerConfig
+from rdd3d.models.detector import DetectorConfig
 from rdd3d.models.presets import preset_config
 
 
@@ -28,10 +30,16 @@ class NuScenesDataConfig:
     max_sweeps: int = 10  # LiDAR sweeps merged per frame, the keyframe included (CenterPoint)
     use_cbgs: bool = True  # class-balanced grouping and sampling of the training samples
     load_interval: int = 1  # keep every k-th training sample
+    # mmdetection3d .pkl infos only: where their point files lie, as its data_prefix says it, folders relative to
+    # data.root: pts (keyframes), sweeps; a key not given takes mmdetection3d's nuScenes default
+    # (samples/LIDAR_TOP, sweeps/LIDAR_TOP); "" is data.root itself
+    data_prefix: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         require(self.max_sweeps >= 1, "data.nuscenes.max_sweeps", ">= 1 (the keyframe counts)", self.max_sweeps)
         require(self.load_interval >= 1, "data.nuscenes.load_interval", ">= 1", self.load_interval)
+        require(set(self.data_prefix) <= set(MMDET3D_DATA_PREFIX), "data.nuscenes.data_prefix",
+                f"a mapping of {sorted(MMDET3D_DATA_PREFIX)} to folders", self.data_prefix)
 
 
 @dataclass
@@ -112,12 +120,24 @@ class RunConfig:
         names = summary_metric_names(self.data)
         require(self.trainer.best_metric in names, "trainer.best_metric",
                 f"a metric of data.dataset={self.data.dataset!r}: one of {list(names)}", self.trainer.best_metric)
+        # The data's classes are the detector's (labels index both): they are chosen once, in the data config.
+        require("classes" not in self.model.overrides, "model.overrides",
+                "free of 'classes' (the detector's classes are the data's: data.world.classes for the synthetic "
+                "world)", dict(self.model.overrides))
         # The detector is checked with the config, not when the model is built after the data has loaded.
         try:
-            preset_config(self.model.preset, self.data.dataset, **self.model.overrides)
+            self.detector_config()
         except ValueError as error:
             raise ValueError(f"model (preset {self.model.preset!r}, data.dataset {self.data.dataset!r}): "
                              f"{error}") from None
+
+    def detector_config(self) -> DetectorConfig:
+        """The detector this run trains: ``model.preset`` on the run's dataset, restricted to its classes
+        (``data.world.classes`` of the synthetic world), with ``model.overrides`` applied."""
+        from rdd3d.engine.datasets import dataset_classes  # it imports DataConfig from here
+
+        return preset_config(self.model.preset, self.data.dataset, class_subset=dataset_classes(self.data),
+                             **self.model.overrides)
 
 
 def load_run_config(files: Sequence[str | os.PathLike] = (), overrides: Sequence[str] = ()) -> RunConfig:

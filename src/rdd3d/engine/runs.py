@@ -28,7 +28,9 @@ from rdd3d.engine.distributed import (
 )
 from rdd3d.engine.trainer import Trainer, TrainingResult, seed_everything
 from rdd3d.models.init_from_teacher import init_student_from_teacher
-from rdd3d.models.presets import build_detector, teacher_of
+from rdd3d.models.detector import Detector
+from rdd3d.models.heads import CenterHeadConfig
+from rdd3d.models.presets import teacher_of
 
 #: Where the trained detector's weights sit inside each kind of trainee's state dict.
 DETECTOR_PREFIXES = ("detector.", "student.")
@@ -37,7 +39,7 @@ log = logging.getLogger(__name__)
 
 
 def build_model(config: RunConfig) -> nn.Module:
-    return build_detector(config.model.preset, dataset=config.data.dataset, **config.model.overrides)
+    return Detector(config.detector_config())
 
 
 def train_detector(config: RunConfig, resume: str | None = None) -> TrainingResult:
@@ -56,8 +58,8 @@ def distill_student(config: RunConfig, resume: str | None = None) -> TrainingRes
 
 
 def check_teacher(config: RunConfig) -> None:
-    """Before any data loads: the teacher checkpoint holds a detector of the student's dataset (exit 2
-    otherwise). A teacher of another family than the student's preset is allowed and said: the methods pair the
+    """Before any data loads: the teacher checkpoint holds a detector of the student's dataset, classes and yaw
+    code (exit 2 otherwise). A teacher of another family than the student's preset is allowed and said: the methods pair the
     two models through their own grids, but the paper and the presets' defaults assume one family."""
     path = config.distill.teacher_checkpoint
     state = load_checkpoint(path)
@@ -67,6 +69,18 @@ def check_teacher(config: RunConfig) -> None:
     if teacher.data.dataset != config.data.dataset:
         raise ConfigError(f"distill.teacher_checkpoint {path}: the teacher was trained on "
                           f"data.dataset={teacher.data.dataset!r}, the student trains on {config.data.dataset!r}")
+    teacher_detector, student_detector = teacher.detector_config(), config.detector_config()
+    if teacher_detector.classes != student_detector.classes:
+        raise ConfigError(f"distill.teacher_checkpoint {path}: the teacher detects {list(teacher_detector.classes)}, "
+                          f"the student {list(student_detector.classes)}: their labels must agree (data.world.classes "
+                          "of the synthetic world)")
+    teacher_head, student_head = teacher_detector.head, student_detector.head
+    if (isinstance(teacher_head, CenterHeadConfig) and isinstance(student_head, CenterHeadConfig)
+            and teacher_head.half_period_classes != student_head.half_period_classes):
+        # Methods that compare the two heads' box codes (pp-logit's regression) would compare unlike yaw codes.
+        raise ConfigError(f"distill.teacher_checkpoint {path}: the teacher codes the yaw of "
+                          f"{list(teacher_head.half_period_classes)} modulo π, the student (model.overrides "
+                          f"head.half_period_classes) of {list(student_head.half_period_classes)}: make them agree")
     student_family, teacher_family = teacher_of(config.model.preset), teacher_of(teacher.model.preset)
     if teacher_family != student_family:
         log.warning("teacher %s is a %s (%s family); the student %s belongs to the %s family, whose teacher the "

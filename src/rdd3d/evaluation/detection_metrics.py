@@ -20,8 +20,9 @@ from __future__ import annotations
 from typing import Any, Mapping, Protocol, Sequence
 
 import numpy as np
+import torch
 
-from rdd3d.core.types import Boxes3D, Frame
+from rdd3d.core.types import Boxes3D, Detections, Frame
 from rdd3d.evaluation.base import EVALUATIONS, Evaluation
 from rdd3d.evaluation.nuscenes_metrics import (
     DEVKIT_HALF_PERIOD_CLASSES, DEVKIT_TP_NOT_APPLICABLE, NO_ATTRIBUTE, TP_METRICS, UNKNOWN_NUM_PTS, BoxTable,
@@ -135,6 +136,28 @@ def detections_to_table(frames: Sequence[Frame], detections: Sequence[Detections
         scores.append(frame_scores)
         labels.append(frame_labels)
     return _table(frames, boxes, labels, scores, [np.full(len(b), UNKNOWN_NUM_PTS) for b in boxes])
+
+
+def detections_from_table(table: BoxTable, frames: Sequence[Frame], class_names: Sequence[str]) -> list[Detections]:
+    """The inverse of :func:`detections_to_table`: the rows of ``table`` (each frame's LiDAR frame, labels
+    indexing ``class_names``) as one :class:`Detections` per frame, labels indexing the frame's classes;
+    boxes carry velocity unless one of the frame's is unknown (NaN). A frame whose sample the table does not
+    list, or a class the frame does not know, is an error."""
+    position = {token: index for index, token in enumerate(table.sample_tokens)}
+    found = []
+    for frame in frames:
+        if frame.frame_id not in position:
+            raise ValueError(f"the results list no sample {frame.frame_id!r} (they list {len(position)} samples, "
+                             f"e.g. {list(position)[:3]}): made for other frames?")
+        rows = table.sample == position[frame.frame_id]
+        labels = frame.classes.indices([class_names[label] for label in table.label[rows]],
+                                       source=f"results of sample {frame.frame_id}")
+        boxes = np.column_stack([table.translation[rows], table.size[rows][:, [1, 0, 2]], table.yaw[rows]])
+        if np.isfinite(table.velocity[rows]).all():
+            boxes = np.column_stack([boxes, table.velocity[rows]])
+        found.append(Detections(torch.from_numpy(boxes.astype(np.float32)),
+                                torch.from_numpy(table.score[rows].astype(np.float32)), torch.from_numpy(labels)))
+    return found
 
 
 def _table(frames: Sequence[Frame], boxes: list[Boxes3D], labels: list[np.ndarray],

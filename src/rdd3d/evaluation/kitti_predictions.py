@@ -1,5 +1,5 @@
-"""LiDAR detections on :class:`~rdd3d.data.kitti.KittiDataset` frames -> KITTI result files and KITTI AP
-(the ``"kitti"`` evaluation).
+"""LiDAR detections on :class:`~rdd3d.data.kitti.KittiDataset` frames -> KITTI result files (and back) and
+KITTI AP (the ``"kitti"`` evaluation).
 
 The conversion is :func:`rdd3d.data.kitti.format.detections_from_lidar_boxes` (camera-frame
 box, ``alpha``, 2D box from the projected corners) with each frame's calibration and image size.
@@ -12,9 +12,13 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import torch
 
-from rdd3d.core.types import Boxes3D, Frame
-from rdd3d.data.kitti.format import KittiObjects, detections_from_lidar_boxes, write_label_file
+from rdd3d.core.types import Boxes3D, Detections, Frame
+from rdd3d.data.kitti.format import (
+    KittiCalibration, KittiObjects, camera_to_lidar_boxes, detections_from_lidar_boxes, read_label_file,
+    write_label_file,
+)
 from rdd3d.evaluation.base import EVALUATIONS, Evaluation
 from rdd3d.evaluation.detection_metrics import DetectionsLike, as_numpy
 from rdd3d.evaluation.kitti_metrics import METRICS, KittiResult, evaluate_kitti
@@ -26,8 +30,7 @@ USUAL_IMAGE_SHAPE = (375, 1242)
 def kitti_detections(frame: Frame, detections: DetectionsLike) -> KittiObjects:
     """One frame's LiDAR detections (``boxes`` (K, 7|9), ``scores``, ``labels`` into ``frame.classes``)
     as KITTI detections in the frame's camera frame, with scores."""
-    if "calib" not in frame.metadata:
-        raise ValueError(f"frame {frame.frame_id}: metadata has no 'calib'; KITTI results need a KittiDataset frame")
+    calib = frame_calibration(frame)
     boxes = detections.boxes if isinstance(detections.boxes, Boxes3D) else Boxes3D(as_numpy(detections.boxes))
     labels = as_numpy(detections.labels).astype(np.int64).reshape(-1)
     if len(labels) and (labels.min() < 0 or labels.max() >= len(frame.classes)):
@@ -35,7 +38,14 @@ def kitti_detections(frame: Frame, detections: DetectionsLike) -> KittiObjects:
                          f"({list(frame.classes.names)}), got {sorted(set(labels.tolist()))}")
     names = [frame.classes.name(label) for label in labels]
     image_shape = frame.metadata.get("image_shape") or USUAL_IMAGE_SHAPE
-    return detections_from_lidar_boxes(boxes, as_numpy(detections.scores), names, frame.metadata["calib"], image_shape)
+    return detections_from_lidar_boxes(boxes, as_numpy(detections.scores), names, calib, image_shape)
+
+
+def frame_calibration(frame: Frame) -> KittiCalibration:
+    """A KITTI frame's calibration; an error naming the frame for a frame of another dataset."""
+    if "calib" not in frame.metadata:
+        raise ValueError(f"frame {frame.frame_id}: metadata has no 'calib'; KITTI results need a KittiDataset frame")
+    return frame.metadata["calib"]
 
 
 def write_kitti_results(out_dir: str | os.PathLike, frames: Sequence[Frame],
@@ -50,6 +60,30 @@ def write_kitti_results(out_dir: str | os.PathLike, frames: Sequence[Frame],
         write_label_file(path, kitti_detections(frame, found))
         paths.append(path)
     return paths
+
+
+def read_kitti_results(path: str | os.PathLike, frames: Sequence[Frame]) -> list[Detections]:
+    """KITTI result files of ``frames`` (``label_2`` lines with a 16th field, the score) as LiDAR detections,
+    one per frame: ``path`` is a folder of ``<frame_id>.txt`` (what :func:`write_kitti_results` writes) or,
+    for a single frame, its file. Objects of types outside a frame's classes are left out, as KITTI AP
+    leaves them out of the classes it scores."""
+    path = Path(path)
+    if not path.is_dir() and len(frames) != 1:
+        raise ValueError(f"{path}: KITTI results of {len(frames)} frames are a folder of <frame_id>.txt files")
+    found = []
+    for frame in frames:
+        calib = frame_calibration(frame)
+        results = path / f"{frame.frame_id}.txt" if path.is_dir() else path
+        objects = read_label_file(results)
+        if objects.score is None and len(objects):
+            raise ValueError(f"{results}: KITTI ground-truth lines (15 fields), not results: a result line carries a "
+                             "16th field, the score")
+        kept = objects.select(np.array([name in frame.classes.names for name in objects.names], dtype=bool))
+        boxes = camera_to_lidar_boxes(kept, calib).tensor
+        scores = kept.score if kept.score is not None else np.zeros(0)
+        found.append(Detections(torch.from_numpy(boxes), torch.from_numpy(scores.astype(np.float32)),
+                                torch.from_numpy(frame.classes.indices(kept.names, source=str(results)))))
+    return found
 
 
 def evaluate_kitti_frames(

@@ -16,10 +16,10 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from rdd3d.core.types import Frame
+from rdd3d.core.types import Detections, Frame
 from rdd3d.data.nuscenes.dataset import LidarPose
-from rdd3d.data.nuscenes.poses import transform_boxes, transform_points, yaw_headings
-from rdd3d.evaluation.detection_metrics import DetectionsLike, detections_to_table
+from rdd3d.data.nuscenes.poses import invert_pose, transform_boxes, transform_points, yaw_headings
+from rdd3d.evaluation.detection_metrics import DetectionsLike, detections_from_table, detections_to_table
 from rdd3d.evaluation.nuscenes_io import results_from_table, write_results
 from rdd3d.evaluation.nuscenes_metrics import (
     NO_ATTRIBUTE, NUSCENES_ATTRIBUTES, BoxTable, MetricConfig, detection_cvpr_2019,
@@ -85,6 +85,25 @@ def detections_to_global(frames: Sequence[Frame], detections: Sequence[Detection
         ego_translation=ego_translation, label=np.array([config.class_names.index(n) for n in box_names], np.int64),
         attribute=np.array([attribute_index[a] for a in default_attributes(box_names, velocity)], np.int64),
     )
+
+
+def detections_from_global(table: BoxTable, frames: Sequence[Frame],
+                           config: MetricConfig | None = None) -> list[Detections]:
+    """The inverse of :func:`detections_to_global`: a submission's boxes (global frame, labels indexing
+    ``config``'s classes, e.g. read by :func:`rdd3d.evaluation.nuscenes_io.read_results`) as one
+    :class:`Detections` per frame in the frame's LiDAR frame, through the inverse of its ``lidar2global``."""
+    config = config or detection_cvpr_2019()
+    translation, yaw, velocity = table.translation.copy(), table.yaw.copy(), table.velocity.copy()
+    poses = dict(map(frame_pose, frames))
+    for sample, token in enumerate(table.sample_tokens):
+        if token not in poses:
+            continue  # a sample of the submission that is not among the frames
+        rows = table.sample == sample
+        translation[rows], yaw[rows], velocity[rows] = transform_boxes(
+            invert_pose(poses[token].lidar2global), table.translation[rows], yaw_headings(table.yaw[rows]),
+            table.velocity[rows])
+    lidar = replace(table, translation=translation, yaw=yaw, velocity=velocity)
+    return detections_from_table(lidar, frames, config.class_names)
 
 
 def submission_from_detections(frames: Sequence[Frame], detections: Sequence[DetectionsLike],

@@ -231,6 +231,7 @@ def _center_decode(detector: Detector) -> CenterDecodeSpec | None:
         post_center_range=decode.post_center_range,
         nms=_nms_spec(nms),
         max_per_sample=decode.max_per_sample,
+        half_period_labels=head.half_period_labels,
     )
 
 

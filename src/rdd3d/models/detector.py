@@ -75,6 +75,9 @@ class DetectorConfig:
         if not isinstance(self.head, (CenterHeadConfig, AnchorHeadConfig)):
             raise ValueError(f"DetectorConfig.head must be a CenterHeadConfig or an AnchorHeadConfig, "
                              f"got {type(self.head).__name__}")
+        if isinstance(self.head, CenterHeadConfig) and not set(self.head.half_period_classes) <= set(self.classes):
+            raise ValueError(f"DetectorConfig.head.half_period_classes must be classes of the detector "
+                             f"{list(self.classes)}, got {list(self.head.half_period_classes)}")
         if self.sparse_backend not in BACKEND_NAMES:
             raise ValueError(
                 f"DetectorConfig.sparse_backend must be one of {BACKEND_NAMES}, got {self.sparse_backend!r}"

@@ -17,6 +17,14 @@ Families (SparseKD, NeurIPS 2022, as used by RDD):
   points per pillar; the x/y range moves to the nearest whole number of BEV backbone strides (SparseKD's
   configs adjust it too), so teacher and student BEV maps differ in resolution.
 
+Two more teachers are the model zoos' nuScenes CenterPoints, so that their checkpoints can be imported
+(:mod:`rdd3d.models.foreign`, docs/import-checkpoints.md):
+
+* ``cp-voxel-v0.075``: CP-Voxel at OpenPCDet's / mmdetection3d's finer grid (nuScenes: 0.075 m voxels,
+  +-54 m); offered on the datasets whose setup names that grid.
+* ``cp-pillar-s4``: CenterPoint's own pillar model (0.2 m pillars at the paper's scale; BEV backbone
+  strides [2, 2, 2], up-sampling [0.5, 1, 2], so its map is at stride 4).
+
 Datasets: ``nuscenes`` and ``kitti`` use the paper's sizes. ``synthetic`` is sized for a CPU: the
 same families with voxels and pillars twice as large, sparse 3D channels x0.5 and dense channels
 (BEV backbone, head, pillar net) x0.75. The coarser grid leaves fewer BEV cells per active voxel than
@@ -30,7 +38,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable
+from typing import Callable, Sequence
 
 from rdd3d.core.config_loading import with_changes
 from rdd3d.data.kitti.dataset import DEFAULT_CLASSES as KITTI_DEFAULT_CLASSES
@@ -44,6 +52,15 @@ from rdd3d.models.heads import (
     KITTI_ANCHORS, AnchorClassConfig, AnchorDecodeConfig, AnchorHeadConfig, CenterHeadConfig, DecodeConfig,
     LossConfig, NMSConfig,
 )
+
+
+@dataclass(frozen=True)
+class VoxelGrid:
+    """A voxel grid other than a dataset's default one."""
+
+    voxel_size: tuple[float, float, float]
+    point_cloud_range: tuple[float, float, float, float, float, float]
+    max_voxels: tuple[int, int]  # train, test
 
 
 @dataclass(frozen=True)
@@ -66,6 +83,8 @@ class DatasetSetup:
     dense_width_scale: float = 1.0  # so are the BEV backbone's, the head's and the pillar net's
     # Anchor-head families (SECOND, PointPillars): one anchor entry per class; () where they are not offered.
     anchors: tuple[AnchorClassConfig, ...] = ()
+    # The model zoos' finer CP-Voxel grid (cp-voxel-v0.075); None where no such model is published.
+    fine_voxel: VoxelGrid | None = None
 
 
 #: OpenPCDet's CenterPoint nuScenes class order and its six heads.
@@ -85,6 +104,8 @@ NUSCENES = DatasetSetup(
     max_points_per_voxel=10,
     max_voxels=(60000, 60000),
     max_pillars=(30000, 30000),
+    # OpenPCDet's cbgs_voxel0075_res3d_centerpoint (1440 x 1440 x 40 voxels).
+    fine_voxel=VoxelGrid((0.075, 0.075, 0.2), (-54.0, -54.0, -5.0, 54.0, 54.0, 3.0), (120000, 160000)),
 )
 
 #: OpenPCDet's KITTI CenterPoint settings (one head for the three classes, no velocity).
@@ -154,6 +175,12 @@ PILLAR_BEV = BEVBackboneConfig(
     num_upsample_filters=(128, 128, 128),
 )
 PILLAR_FILTERS = (64, 64)
+#: CenterPoint's nuScenes pillar model (OpenPCDet's cbgs_dyn_pp_centerpoint, mmdetection3d's centerpoint_pillar02):
+#: three levels from a stride-2 start, the first level's output brought down to stride 4.
+CENTERPOINT_PILLAR_BEV = BEVBackboneConfig(
+    layer_nums=(3, 5, 5), layer_strides=(2, 2, 2), num_filters=(64, 128, 256), upsample_strides=(0.5, 1, 2),
+    num_upsample_filters=(128, 128, 128),
+)
 
 
 def _head(setup: DatasetSetup, head_channels: int) -> CenterHeadConfig:
@@ -189,6 +216,16 @@ def _voxel_family(setup: DatasetSetup, backbone_3d: str, width_3d: float, backbo
 def cp_voxel(setup: DatasetSetup, width_3d: float, width_2d: float, head_channels: int) -> DetectorConfig:
     """A CP-Voxel family member; widths relative to the teacher (1, 1, 64)."""
     return _voxel_family(setup, "voxel_res", width_3d, VOXEL_BEV, width_2d, _head(setup, head_channels))
+
+
+def cp_voxel_fine(setup: DatasetSetup) -> DetectorConfig:
+    """The CP-Voxel teacher on the dataset's finer grid (:attr:`DatasetSetup.fine_voxel`)."""
+    if setup.fine_voxel is None:
+        raise ValueError("this dataset names no finer CP-Voxel grid (DatasetSetup.fine_voxel)")
+    grid = setup.fine_voxel
+    config = cp_voxel(setup, width_3d=1.0, width_2d=1.0, head_channels=64)
+    return dataclasses.replace(config, voxel_size=grid.voxel_size, point_cloud_range=grid.point_cloud_range,
+                               max_voxels_train=grid.max_voxels[0], max_voxels_test=grid.max_voxels[1])
 
 
 def pillar_range(point_cloud_range: tuple[float, ...], pillar: float, multiple: int) -> tuple[float, ...]:
@@ -231,6 +268,11 @@ def cp_pillar(setup: DatasetSetup, pillar: float, max_points_per_pillar: int) ->
                           _head(setup, 64))
 
 
+def cp_pillar_s4(setup: DatasetSetup) -> DetectorConfig:
+    """CenterPoint's pillar model: 0.2 m pillars at the paper's scale with 20 points each, its map at stride 4."""
+    return _pillar_family(setup, 0.2, 20, PILLAR_FILTERS, 1.0, CENTERPOINT_PILLAR_BEV, 1.0, _head(setup, 64))
+
+
 #: SECOND's BEV backbone (OpenPCDet KITTI): the same two levels as CP-Voxel's.
 SECOND_BEV = VOXEL_BEV
 #: PointPillars' BEV backbone (OpenPCDet KITTI): three levels from a stride-2 start, output at stride 2.
@@ -269,6 +311,8 @@ PRESETS: dict[str, Callable[[DatasetSetup], DetectorConfig]] = {
     "cp-pillar-v0.4": partial(cp_pillar, pillar=0.4, max_points_per_pillar=28),
     "cp-pillar-v0.48": partial(cp_pillar, pillar=0.48, max_points_per_pillar=36),
     "cp-pillar-v0.64": partial(cp_pillar, pillar=0.64, max_points_per_pillar=50),
+    "cp-voxel-v0.075": cp_voxel_fine,
+    "cp-pillar-s4": cp_pillar_s4,
     "second": partial(second, width_3d=1.0, width_2d=1.0),
     "second-s": partial(second, width_3d=0.75, width_2d=0.5),
     "second-xs": partial(second, width_3d=0.5, width_2d=0.5),
@@ -278,6 +322,8 @@ PRESETS: dict[str, Callable[[DatasetSetup], DetectorConfig]] = {
 }
 #: Presets with an anchor head: only on datasets whose setup gives anchors.
 ANCHOR_PRESETS = ("second", "second-s", "second-xs", "pointpillars", "pointpillars-s", "pointpillars-xs")
+#: Presets on a finer grid: only on datasets whose setup names one.
+FINE_VOXEL_PRESETS = ("cp-voxel-v0.075",)
 
 #: Each preset's teacher (a teacher is its own).
 TEACHERS: dict[str, str] = {
@@ -290,7 +336,13 @@ def list_presets(dataset: str | None = None) -> tuple[str, ...]:
     """Every preset, or those offered on ``dataset`` (anchor-head families need the dataset's anchors)."""
     if dataset is None:
         return tuple(PRESETS)
-    return tuple(name for name in PRESETS if name not in ANCHOR_PRESETS or DATASETS[dataset].anchors)
+    return tuple(name for name in PRESETS if _offered(name, DATASETS[dataset]))
+
+
+def _offered(name: str, setup: DatasetSetup) -> bool:
+    if name in ANCHOR_PRESETS:
+        return bool(setup.anchors)
+    return name not in FINE_VOXEL_PRESETS or setup.fine_voxel is not None
 
 
 def list_datasets() -> tuple[str, ...]:
@@ -307,8 +359,30 @@ def _check_name(name: str) -> None:
         raise ValueError(f"unknown detector preset {name!r}; known presets: {list(PRESETS)}")
 
 
-def preset_config(name: str, dataset: str = "synthetic", **overrides) -> DetectorConfig:
-    """The config of preset ``name`` on ``dataset`` with ``overrides`` applied.
+def restrict_classes(setup: DatasetSetup, classes: Sequence[str]) -> DatasetSetup:
+    """``setup`` for a subset of its classes (a synthetic world of fewer classes), in the order given: the
+    class groups keep their order with the other classes left out (a group left empty is dropped), the
+    anchors are those of the chosen classes."""
+    classes = tuple(classes)
+    unknown = [name for name in classes if name not in setup.classes]
+    if unknown or not classes or len(set(classes)) != len(classes):
+        raise ValueError(f"classes {list(classes)}: expected distinct classes of the dataset, some of "
+                         f"{list(setup.classes)}")
+    kept_groups = [index for index, group in enumerate(setup.class_groups) if set(group) & set(classes)]
+    anchors = {spec.class_name: spec for spec in setup.anchors}
+    return dataclasses.replace(
+        setup,
+        classes=classes,
+        class_groups=tuple(tuple(name for name in setup.class_groups[i] if name in classes) for i in kept_groups),
+        anchors=tuple(anchors[name] for name in classes) if anchors else (),
+    )
+
+
+def preset_config(name: str, dataset: str = "synthetic", *, class_subset: Sequence[str] | None = None,
+                  **overrides) -> DetectorConfig:
+    """The config of preset ``name`` on ``dataset`` with ``overrides`` applied; ``class_subset``, some of the
+    dataset's classes in label order (None: all of them), restricts the preset to those
+    (:func:`restrict_classes`) before the overrides apply.
 
     An override key names a :class:`DetectorConfig` field, or a nested one with dots (pass those
     as ``**{"head.head_channels": 32}``); a mapping value for a nested config overrides its fields.
@@ -319,12 +393,16 @@ def preset_config(name: str, dataset: str = "synthetic", **overrides) -> Detecto
     _check_name(name)
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r} for detector presets; known datasets: {list(DATASETS)}")
-    if name in ANCHOR_PRESETS and not DATASETS[dataset].anchors:
-        offered = [key for key, setup in DATASETS.items() if setup.anchors]
-        raise ValueError(f"preset {name!r} (anchor head) is offered on the datasets {offered}, not on {dataset!r}")
-    return with_changes(PRESETS[name](DATASETS[dataset]), overrides, source=f"detector overrides of {name!r}")
+    if not _offered(name, DATASETS[dataset]):
+        offered = [key for key, setup in DATASETS.items() if _offered(name, setup)]
+        kind = "anchor head" if name in ANCHOR_PRESETS else "a grid only those datasets name"
+        raise ValueError(f"preset {name!r} ({kind}) is offered on the datasets {offered}, not on {dataset!r}")
+    setup = DATASETS[dataset] if class_subset is None else restrict_classes(DATASETS[dataset], class_subset)
+    return with_changes(PRESETS[name](setup), overrides, source=f"detector overrides of {name!r}")
 
 
-def build_detector(name: str, dataset: str = "synthetic", **overrides) -> Detector:
-    """A freshly initialised :class:`Detector` for preset ``name`` on ``dataset``."""
-    return Detector(preset_config(name, dataset, **overrides))
+def build_detector(name: str, dataset: str = "synthetic", *, class_subset: Sequence[str] | None = None,
+                   **overrides) -> Detector:
+    """A freshly initialised :class:`Detector` for preset ``name`` on ``dataset`` (on ``class_subset`` of its
+    classes)."""
+    return Detector(preset_config(name, dataset, class_subset=class_subset, **overrides))

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -28,7 +28,8 @@ from rdd3d.core.types import Boxes3D, ClassTable, Frame, PointCloud
 DEFAULT_CLASSES = ("car", "truck", "construction_vehicle", "bus", "trailer", "barrier", "motorcycle", "bicycle",
                    "pedestrian", "traffic_cone")
 POINT_COLUMNS = ("x", "y", "z", "intensity", "time_lag")
-POINT_FILE_COLUMNS = 5  # nuScenes .pcd.bin: float32 x, y, z, intensity, ring index
+#: nuScenes LIDAR_TOP .pcd.bin files: float32 rows of these columns (the ring index is not used).
+POINT_FILE_COLUMNS = ("x", "y", "z", "intensity", "ring")
 EGO_RADIUS = 1.0  # metres: sweep points with |x| and |y| below this are the ego vehicle's
 #: Frame.metadata keys this dataset sets (per-box arrays follow the boxes through Frame.select_boxes).
 METADATA_KEYS = (
@@ -77,6 +78,8 @@ class NuScenesDataset:
     """Frames of one nuScenes info file (ours, or mmdetection3d's ``.pkl``).
 
     ``max_sweeps`` LiDAR sweeps are merged per frame, keyframe included (CenterPoint's 10).
+    ``data_prefix`` (mmdetection3d ``.pkl`` infos only) says where their point files lie, as
+    mmdetection3d's dataset option of that name does (``pts``, ``sweeps``; relative to ``dataroot``).
     ``load_interval`` keeps every k-th sample; ``use_cbgs`` then replaces the sample order by
     :func:`cbgs_indices` (seeded by ``cbgs_seed``). Boxes of names outside ``classes`` are left
     out; so are boxes without LiDAR points when ``drop_empty_boxes`` (training targets; keep them
@@ -87,7 +90,8 @@ class NuScenesDataset:
 
     def __init__(self, info_file: str | os.PathLike, dataroot: str | os.PathLike, max_sweeps: int = 10,
                  use_cbgs: bool = False, classes: Sequence[str] = DEFAULT_CLASSES, load_interval: int = 1, *,
-                 drop_empty_boxes: bool = True, cbgs_seed: int = 0) -> None:
+                 drop_empty_boxes: bool = True, cbgs_seed: int = 0,
+                 data_prefix: Mapping[str, str] | None = None) -> None:
         if max_sweeps < 1:
             raise ValueError(f"max_sweeps counts the keyframe too and must be >= 1, got {max_sweeps}")
         if load_interval < 1:
@@ -102,7 +106,7 @@ class NuScenesDataset:
             raise FileNotFoundError(f"{self.dataroot}: nuScenes dataroot not found")
         self.classes = ClassTable(tuple(classes))
         self.class_ranges = {name: float(DETECTION_RANGES[name]) for name in self.classes.names}
-        infos = load_infos(info_file)
+        infos = load_infos(info_file, data_prefix)
         self.version, self.split = infos.version, infos.split
         self.infos: tuple[SampleInfo, ...] = infos.samples[::load_interval]
         if use_cbgs:
@@ -126,10 +130,12 @@ class NuScenesDataset:
 
     def points(self, info: SampleInfo) -> PointCloud:
         """The keyframe's points and its sweeps', in the keyframe's LiDAR frame (module docstring)."""
-        key = read_point_array(self.dataroot / info.lidar_path, POINT_FILE_COLUMNS)[:, :4]
+        key = read_point_array(self.dataroot / info.lidar_path, len(POINT_FILE_COLUMNS),
+                               columns=POINT_FILE_COLUMNS)[:, :4]
         clouds = [np.concatenate([key, np.zeros((len(key), 1), np.float32)], axis=1)]
         for sweep in info.sweeps[:self.max_sweeps - 1]:
-            points = read_point_array(self.dataroot / sweep.lidar_path, POINT_FILE_COLUMNS)[:, :4]
+            points = read_point_array(self.dataroot / sweep.lidar_path, len(POINT_FILE_COLUMNS),
+                                      columns=POINT_FILE_COLUMNS)[:, :4]
             points = points[~((np.abs(points[:, 0]) < EGO_RADIUS) & (np.abs(points[:, 1]) < EGO_RADIUS))]
             points[:, :3] = transform_points(sweep.sweep_to_key, points[:, :3])
             clouds.append(np.concatenate([points, np.full((len(points), 1), sweep.time_lag, np.float32)], axis=1))

@@ -14,7 +14,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -193,13 +193,18 @@ def read_infos(path: str | os.PathLike) -> NuScenesInfos:
     return NuScenesInfos(tuple(samples), str(data.get("version", "")), str(data.get("split", "")), str(path))
 
 
-def load_infos(path: str | os.PathLike) -> NuScenesInfos:
+def load_infos(path: str | os.PathLike, data_prefix: Mapping[str, str] | None = None) -> NuScenesInfos:
     """Infos from our JSON (``.json``, ``.json.gz``) or an mmdetection3d v1.x ``.pkl`` (read with a
-    restricted unpickler, see :func:`rdd3d.data.nuscenes.mmdet3d.read_mmdet3d_infos`)."""
+    restricted unpickler, its point files found under ``data_prefix``, see
+    :func:`rdd3d.data.nuscenes.mmdet3d.read_mmdet3d_infos`). Our files store each point file's path
+    relative to the dataroot, so a ``data_prefix`` given with one is an error."""
     if Path(path).suffix == ".pkl":
         from rdd3d.data.nuscenes.mmdet3d import read_mmdet3d_infos
 
-        return read_mmdet3d_infos(path)
+        return read_mmdet3d_infos(path, data_prefix)
+    if data_prefix:
+        raise ValueError(f"{path}: data_prefix {dict(data_prefix)} applies to mmdetection3d .pkl info files only; "
+                         "rdd3d's info files store each point file's path relative to the dataroot")
     return read_infos(path)
 
 

@@ -55,13 +55,17 @@ class WorldConfig:
     occluder_fraction: float = 0.3  # share of distractors placed between the sensor and an object
     scene_radius: float = 40.0  # objects are placed within this distance of the sensor
     clutter_radius: float = 50.0  # distractors are placed within this distance
-    class_weights: tuple[float, ...] = DEFAULT_CLASS_WEIGHTS  # relative frequency, in CLASS_NAMES order
+    # The labelled classes placed in scenes, in CLASS_NAMES order: the world's class table (labels index it).
+    classes: tuple[str, ...] = CLASS_NAMES
+    # Relative frequency, one per class of CLASS_NAMES whether chosen or not (so that a subset keeps the
+    # others' proportions); only the chosen classes' weights are used, renormalised over them.
+    class_weights: tuple[float, ...] = DEFAULT_CLASS_WEIGHTS
     ego_speed_max: float = 10.0  # m/s; the ego vehicle drives along +x (stopped in 30% of scenes)
     ground_amplitude: float = 0.3  # metres of height variation of the ground
     ground_wavelength: float = 40.0  # metres; typical length of a ground undulation
 
     def __post_init__(self) -> None:
-        for name in ("objects_per_scene", "distractors_per_scene", "class_weights"):
+        for name in ("objects_per_scene", "distractors_per_scene", "classes", "class_weights"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         if isinstance(self.lidar, dict):
             object.__setattr__(self, "lidar", LidarConfig(**self.lidar))
@@ -72,9 +76,15 @@ class WorldConfig:
         _check(0 <= self.occluder_fraction <= 1, "occluder_fraction", self.occluder_fraction, "in [0, 1]")
         _check(self.scene_radius > 5, "scene_radius", self.scene_radius, "> 5 m")
         _check(self.clutter_radius > 5, "clutter_radius", self.clutter_radius, "> 5 m")
-        _check(len(self.class_weights) == len(CLASS_NAMES) and min(self.class_weights) >= 0
-               and sum(self.class_weights) > 0, "class_weights", self.class_weights,
-               f"{len(CLASS_NAMES)} non-negative weights for {CLASS_NAMES}, not all zero")
+        _check(len(self.classes) > 0 and set(self.classes) <= set(CLASS_NAMES)
+               and self.classes == tuple(name for name in CLASS_NAMES if name in self.classes), "classes",
+               self.classes, f"distinct names among {CLASS_NAMES}, at least one, in that order")
+        _check(len(self.class_weights) == len(CLASS_NAMES) and min(self.class_weights) >= 0,
+               "class_weights", self.class_weights, f"{len(CLASS_NAMES)} non-negative weights for {CLASS_NAMES}")
+        unweighted = [name for name in self.classes if self.class_weights[CLASS_NAMES.index(name)] == 0]
+        _check(not unweighted, "class_weights", self.class_weights,
+               f"a weight > 0 for every class of WorldConfig.classes (a chosen class that is never placed has no "
+               f"ground truth to learn or score); {unweighted} have 0")
         _check(self.ego_speed_max >= 0, "ego_speed_max", self.ego_speed_max, ">= 0")
         _check(0 <= self.ground_amplitude < self.lidar.mount_height / 2, "ground_amplitude",
                self.ground_amplitude, f"in [0, mount_height / 2 = {self.lidar.mount_height / 2})")

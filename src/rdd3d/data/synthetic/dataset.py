@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from rdd3d.data.synthetic.catalog import CLASS_NAMES
 from rdd3d.data.synthetic.config import WorldConfig
 from rdd3d.data.synthetic.lidar import POINT_COLUMNS, Scan, scan
 from rdd3d.data.synthetic.scene import Scene, sample_scene
@@ -35,7 +34,8 @@ def frame_from_scan(frame_id: str, scene: Scene, sweeps: Scan, classes: ClassTab
 
 
 class SyntheticDataset:
-    """``size`` frames of split ``split``; frame ``i`` depends only on (seed, split, i) and the config."""
+    """``size`` frames of split ``split``; frame ``i`` depends only on (seed, split, i) and the config. Its
+    class table is the config's classes (``WorldConfig.classes``)."""
 
     class_ranges = CLASS_RANGES
     evaluation = "nuscenes"  # scored by the nuScenes-style metric (rdd3d.evaluation.detection_metrics)
@@ -47,7 +47,7 @@ class SyntheticDataset:
         if size < 0:
             raise ValueError(f"SyntheticDataset size must be >= 0, got {size}")
         self.split, self.size, self.seed, self.config = split, size, seed, config
-        self.classes = ClassTable(CLASS_NAMES)
+        self.classes = ClassTable(config.classes)
 
     def __len__(self) -> int:
         return self.size

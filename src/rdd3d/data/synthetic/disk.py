@@ -2,8 +2,8 @@
 
 Layout (docs/synthetic-world.md)::
 
-    root/dataset.json            format, version, classes, point columns, class ranges,
-                                 and per split: seed, world config, frame ids
+    root/dataset.json            format, version, classes (the world config's, labels' table), point
+                                 columns, class ranges, and per split: seed, world config, frame ids
     root/points/<frame_id>.bin   raw little-endian float32 rows (x, y, z, intensity, time_lag)
     root/labels/<frame_id>.txt   one box per line: class x y z dx dy dz yaw vx vy num_points
 
@@ -132,6 +132,13 @@ class DiskDataset:
         self.class_ranges = dict(manifest["class_ranges"])
         self.seed = entry["seed"]
         self.world_config = WorldConfig(**entry["world_config"])
+        if self.world_config.classes != self.classes.names:
+            # Labels are written by name and read into the manifest's table: a split whose world placed
+            # other classes was not written by write_dataset, or was edited since.
+            raise DatasetFormatError(
+                f"{self.root / 'dataset.json'}: split {split!r} was generated with world_config.classes "
+                f"{list(self.world_config.classes)}, but the dataset's classes are {list(self.classes.names)}"
+            )
         self.frame_ids = list(entry["frames"])
 
     def __len__(self) -> int:

@@ -36,7 +36,7 @@ class Actor:
     y: float
     yaw: float
     velocity: tuple[float, float] = (0.0, 0.0)  # m/s in the scene frame
-    label: int | None = None  # index into CLASS_NAMES; None for an unlabelled distractor
+    label: int | None = None  # index into the world's classes (WorldConfig.classes); None for a distractor
 
     def tight_box(self, ground_z: float = 0.0) -> np.ndarray:
         """(7,) x y z dx dy dz yaw: the tight box of the parts, standing on ground height ``ground_z``."""
@@ -163,10 +163,11 @@ def sample_scene(config: WorldConfig, rng: np.random.Generator) -> Scene:
     inner = _EGO_HALF_LENGTH + 1
 
     actors: list[Actor] = []
-    weights = np.asarray(config.class_weights) / sum(config.class_weights)
-    for label in rng.choice(len(CLASS_NAMES), rng.integers(config.objects_per_scene[0],
-                                                           config.objects_per_scene[1] + 1), p=weights):
-        name = CLASS_NAMES[label]
+    weights = np.array([config.class_weights[CLASS_NAMES.index(name)] for name in config.classes])
+    for label in rng.choice(len(config.classes), rng.integers(config.objects_per_scene[0],
+                                                              config.objects_per_scene[1] + 1),
+                            p=weights / sum(weights)):
+        name = config.classes[label]
         parts = build_object(name, rng)
         speed = sample_speed(name, rng)
         pose = _place(rng, parts, footprints, partial(_uniform_in_disc, rng, inner, config.scene_radius),

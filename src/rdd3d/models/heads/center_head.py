@@ -19,7 +19,9 @@ from rdd3d.models.heads.targets import BEVGrid, TargetConfig, TaskTargets, assig
 
 @dataclass(frozen=True)
 class CenterHeadConfig:
-    """``class_groups``: one tuple of class names per task, together naming every class of the dataset once."""
+    """``class_groups``: one tuple of class names per task, together naming every class of the dataset once.
+    ``half_period_classes``: classes that look the same turned by π (a barrier), whose yaw is learnt and
+    decoded modulo π (:mod:`rdd3d.models.heads.targets`); () codes every yaw over the full circle."""
 
     class_groups: tuple[tuple[str, ...], ...]
     head_channels: int = 64
@@ -29,6 +31,7 @@ class CenterHeadConfig:
     targets: TargetConfig = field(default_factory=TargetConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
+    half_period_classes: tuple[str, ...] = ()
 
 
 def _conv_bn_relu(in_channels: int, channels: int) -> list[nn.Module]:
@@ -106,6 +109,8 @@ class CenterHead(nn.Module):
         self.config = config
         self.classes = classes
         self.task_labels = resolve_class_groups(config.class_groups, classes)
+        self.half_period_labels = tuple(int(label) for label in classes.indices(
+            config.half_period_classes, source="CenterHeadConfig.half_period_classes"))
         config.decode.check_num_tasks(len(self.task_labels))
         config.loss.check_code_size(len(box_code_names(config.with_velocity)))
         self.point_cloud_range = tuple(float(v) for v in point_cloud_range)
@@ -131,7 +136,7 @@ class CenterHead(nn.Module):
     ) -> list[TaskTargets]:
         """Targets on an ``(H, W)`` output map for ``gt_boxes[b]`` (M_b, 7|9) with labels ``gt_labels[b]`` (M_b,)."""
         return assign_targets(gt_boxes, gt_labels, self.task_labels, self.grid(map_size), self.config.targets,
-                              self.config.with_velocity)
+                              self.config.with_velocity, self.half_period_labels)
 
     def loss(
         self, predictions: Sequence[TaskPrediction], gt_boxes: Sequence[Tensor], gt_labels: Sequence[Tensor]
@@ -143,7 +148,7 @@ class CenterHead(nn.Module):
     def decode(self, predictions: Sequence[TaskPrediction]) -> list[Detections]:
         """Per-sample detections in metres, labels indexing ``self.classes``."""
         grid = self.grid(tuple(predictions[0].heatmap.shape[-2:]))
-        return decode_detections(predictions, grid, self.task_labels, self.config.decode)
+        return decode_detections(predictions, grid, self.task_labels, self.config.decode, self.half_period_labels)
 
     @torch.no_grad()
     def decode_peaks(self, predictions: Sequence[TaskPrediction], max_per_sample: int,
@@ -151,4 +156,5 @@ class CenterHead(nn.Module):
         """Class-agnostic heatmap peaks as boxes (:func:`~rdd3d.models.heads.decode.decode_peaks`): the cheap
         region proposals of distillation, without NMS."""
         grid = self.grid(tuple(predictions[0].heatmap.shape[-2:]))
-        return decode_peaks(predictions, grid, self.task_labels, max_per_sample, score_threshold)
+        return decode_peaks(predictions, grid, self.task_labels, max_per_sample, score_threshold,
+                            self.half_period_labels)

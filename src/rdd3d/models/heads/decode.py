@@ -68,23 +68,32 @@ class _Candidates(NamedTuple):
 
     boxes: Tensor  # (B, K, 7|9)
     scores: Tensor  # (B, K)
-    classes: Tensor  # (B, K) task-local class
+    labels: Tensor  # (B, K) ClassTable index
     keep: Tensor  # (B, K) bool
 
 
-def _top_candidates(prediction: TaskPrediction, grid: BEVGrid, config: DecodeConfig) -> _Candidates:
+def half_period_mask(labels: Tensor, half_period_labels: Sequence[int]) -> Tensor:
+    """Which of ``labels`` (ClassTable indices, any shape) belong to a half-period class: their yaw is
+    decoded modulo π (:mod:`rdd3d.models.heads.targets`)."""
+    return torch.isin(labels, labels.new_tensor(tuple(half_period_labels)))
+
+
+def _top_candidates(prediction: TaskPrediction, grid: BEVGrid, config: DecodeConfig, task_labels: Sequence[int],
+                    half_period_labels: Sequence[int]) -> _Candidates:
     probs = prediction.heatmap.sigmoid()
     _, num_classes, height, width = probs.shape
     count = min(config.max_per_task, num_classes * height * width)
     scores, flat = probs.flatten(1).topk(count)  # (B, K) over class x H x W
     cell_index = flat % (height * width)
     cells = torch.stack([cell_index % width, cell_index // width], dim=-1)  # (B, K, 2) column, row
-    boxes = decode_boxes(gather_cells(prediction.box_code(), cell_index), cells, grid)
+    labels = torch.as_tensor(task_labels, dtype=torch.long, device=flat.device)[flat // (height * width)]
+    boxes = decode_boxes(gather_cells(prediction.box_code(), cell_index), cells, grid,
+                         half_period_mask(labels, half_period_labels))
     keep = scores > config.score_threshold
     if config.post_center_range is not None:
         limits = boxes.new_tensor(config.post_center_range)
         keep &= ((boxes[..., :3] >= limits[:3]) & (boxes[..., :3] <= limits[3:])).all(dim=-1)
-    return _Candidates(boxes, scores, flat // (height * width), keep)
+    return _Candidates(boxes, scores, labels, keep)
 
 
 def suppress(boxes: Tensor, scores: Tensor, nms: NMSConfig, task: int | Tensor = 0,
@@ -111,20 +120,21 @@ def decode_detections(
     grid: BEVGrid,
     task_labels: Sequence[Sequence[int]],
     config: DecodeConfig = DecodeConfig(),
+    half_period_labels: Sequence[int] = (),
 ) -> list[Detections]:
     """One :class:`Detections` per sample; tasks concatenated in order, ``labels`` are ClassTable indices
-    (``task_labels[t]`` maps task t's heatmap channels to them)."""
+    (``task_labels[t]`` maps task t's heatmap channels to them); boxes labelled one of
+    ``half_period_labels`` have their yaw decoded modulo π."""
     config.check_num_tasks(len(predictions))
     num_tasks = len(predictions)
     # Every task of every sample at once: group sample * num_tasks + task, so that one NMS call serves the
     # batch and its output comes sample by sample, tasks in order, best first within a task.
-    candidates = [_top_candidates(prediction, grid, config) for prediction in predictions]
+    candidates = [_top_candidates(prediction, grid, config, labels, half_period_labels)
+                  for prediction, labels in zip(predictions, task_labels, strict=True)]
     device = candidates[0].scores.device
-    labels = torch.cat([torch.as_tensor(labels, dtype=torch.long, device=device)[found.classes]
-                        for found, labels in zip(candidates, task_labels, strict=True)], dim=1)  # (B, T*K)
-    boxes, scores, keep = (torch.cat(parts, dim=1) for parts in zip(*((found.boxes, found.scores, found.keep)
-                                                                       for found in candidates)))
-    task = torch.cat([torch.full_like(found.classes, index) for index, found in enumerate(candidates)], dim=1)
+    boxes, scores, labels, keep = (torch.cat(parts, dim=1) for parts in zip(
+        *((found.boxes, found.scores, found.labels, found.keep) for found in candidates)))  # (B, T*K, ...)
+    task = torch.cat([torch.full_like(found.labels, index) for index, found in enumerate(candidates)], dim=1)
     batch = scores.shape[0]
     groups = torch.arange(batch, device=device)[:, None] * num_tasks + task
     boxes, scores, labels, task, groups = boxes[keep], scores[keep], labels[keep], task[keep], groups[keep]
@@ -160,13 +170,15 @@ def decode_peaks(
     task_labels: Sequence[Sequence[int]],
     max_per_sample: int = 100,
     score_threshold: float = 0.1,
+    half_period_labels: Sequence[int] = (),
 ) -> list[Detections]:
     """Region proposals straight from the heatmaps: per cell the best class of every task (one score map
     for the sample, class-agnostic), its 3×3 peaks (:func:`peak_cells`), and the boxes of only those cells,
     from the regression maps of the task whose class won. Best first; ``labels`` are ClassTable indices.
 
     A cheap stand-in for :func:`decode_detections` followed by class-agnostic NMS when the boxes only name
-    regions (RDD's proposals): no NMS, no box decoded that is not kept."""
+    regions (RDD's proposals): no NMS, no box decoded that is not kept. Boxes labelled one of
+    ``half_period_labels`` have their yaw decoded modulo π."""
     best_per_task = [prediction.heatmap.detach().sigmoid().max(dim=1) for prediction in predictions]
     task_scores = torch.stack([best.values for best in best_per_task], dim=1)  # (B, T, H, W)
     scores, task = task_scores.max(dim=1)  # (B, H, W)
@@ -184,5 +196,5 @@ def decode_peaks(
         local = best.indices.flatten(1).gather(1, cells)
         global_labels = torch.as_tensor(labels_of_task, dtype=torch.long, device=cells.device)[local]
         labels = torch.where(here, global_labels, labels)
-    boxes = decode_boxes(codes, column_row, grid)  # (B, K, 7|9)
+    boxes = decode_boxes(codes, column_row, grid, half_period_mask(labels, half_period_labels))  # (B, K, 7|9)
     return [Detections(boxes[b, keep[b]], values[b, keep[b]], labels[b, keep[b]]) for b in range(boxes.shape[0])]

@@ -11,6 +11,11 @@ border, but its data pipeline has removed such boxes before).
 
 Box code, in this order (the head's regression channels follow it):
 ``offset_x, offset_y, z, log dx, log dy, log dz, cos yaw, sin yaw[, vx, vy]``.
+
+Half-period classes (``CenterHeadConfig.half_period_classes``, e.g. a barrier, which looks the same
+turned by π) are coded as ``cos 2 yaw, sin 2 yaw`` instead, and decoded as ``atan2(sin, cos) / 2``: a yaw and
+the yaw + π give one target, so the head is not asked to average two opposite ones (which drives
+(cos, sin) to 0 and leaves the decoded yaw random), and the code stays continuous across the turn.
 """
 
 from __future__ import annotations
@@ -134,11 +139,20 @@ def draw_gaussians(heatmap: Tensor, classes: Tensor, cells: Tensor, radii: Tenso
     return heatmap
 
 
-def encode_boxes(boxes: Tensor, cells: BoxCells, with_velocity: bool) -> Tensor:
-    """``(N, 7|9)`` metric boxes -> ``(N, code size)`` regression targets (see the module docstring)."""
+def yaw_periods(half_period: Tensor) -> Tensor:
+    """How many turns of the coded angle one turn of the yaw makes: 2 where ``half_period`` (bool), else 1."""
+    return 1 + half_period.long()
+
+
+def encode_boxes(boxes: Tensor, cells: BoxCells, with_velocity: bool, half_period: Tensor | None = None) -> Tensor:
+    """``(N, 7|9)`` metric boxes -> ``(N, code size)`` regression targets (see the module docstring);
+    ``half_period`` (N,) bool marks the boxes whose yaw is coded modulo π."""
+    angle = boxes[:, 6:7]
+    if half_period is not None:
+        angle = angle * yaw_periods(half_period)[:, None].to(angle.dtype)
     parts = [
         cells.centre - cells.cell.to(cells.centre.dtype), boxes[:, 2:3], boxes[:, 3:6].log(),
-        torch.cos(boxes[:, 6:7]), torch.sin(boxes[:, 6:7]),
+        torch.cos(angle), torch.sin(angle),
     ]
     if with_velocity:
         parts.append(boxes[:, 7:9])
@@ -150,11 +164,14 @@ def encode_boxes(boxes: Tensor, cells: BoxCells, with_velocity: bool) -> Tensor:
 LOG_SIZE_RANGE = (math.log(1e-3), math.log(1e3))
 
 
-def decode_boxes(codes: Tensor, cells: Tensor, grid: BEVGrid) -> Tensor:
+def decode_boxes(codes: Tensor, cells: Tensor, grid: BEVGrid, half_period: Tensor | None = None) -> Tensor:
     """Inverse of :func:`encode_boxes`: ``(..., 8|10)`` codes predicted at ``(..., 2)`` (column, row)
-    cells -> ``(..., 7|9)`` metric boxes."""
+    cells -> ``(..., 7|9)`` metric boxes; ``half_period`` (...,) bool marks the boxes of half-period
+    classes, whose yaw comes back in [-π/2, π/2]."""
     xy = grid.to_metres(cells.to(codes.dtype) + codes[..., 0:2])
     yaw = torch.atan2(codes[..., 7:8], codes[..., 6:7])
+    if half_period is not None:
+        yaw = yaw / yaw_periods(half_period)[..., None].to(yaw.dtype)
     sizes = codes[..., 3:6].clamp(*LOG_SIZE_RANGE).exp()
     return torch.cat([xy, codes[..., 2:3], sizes, yaw, codes[..., 8:]], dim=-1)
 
@@ -169,10 +186,12 @@ class TaskTargets(NamedTuple):
 
 
 def _single_task_targets(
-    boxes: Tensor, classes: Tensor, num_classes: int, grid: BEVGrid, config: TargetConfig, with_velocity: bool
+    boxes: Tensor, classes: Tensor, half_period: Tensor, num_classes: int, grid: BEVGrid, config: TargetConfig,
+    with_velocity: bool,
 ) -> TaskTargets:
-    """One sample, one task: ``boxes`` (N, 7|9) with task-local ``classes`` (N,). Unbatched TaskTargets."""
-    boxes, classes = boxes[: config.max_objects], classes[: config.max_objects]
+    """One sample, one task: ``boxes`` (N, 7|9) with task-local ``classes`` (N,) and ``half_period`` (N,)
+    bool. Unbatched TaskTargets."""
+    boxes, classes, half_period = (part[: config.max_objects] for part in (boxes, classes, half_period))
     count = boxes.shape[0]
     cells = box_cells(boxes, grid, config.gaussian_overlap, config.min_radius)
     heatmap = boxes.new_zeros(num_classes, grid.height, grid.width)
@@ -181,7 +200,7 @@ def _single_task_targets(
 
     code_size = len(box_code_names(with_velocity))
     box_codes = boxes.new_zeros(config.max_objects, code_size)
-    box_codes[:count] = encode_boxes(boxes, cells, with_velocity) * inside[:, None]
+    box_codes[:count] = encode_boxes(boxes, cells, with_velocity, half_period) * inside[:, None]
     indices = torch.zeros(config.max_objects, dtype=torch.long, device=boxes.device)
     indices[:count] = torch.where(inside, cells.cell[:, 1] * grid.width + cells.cell[:, 0], 0)
     mask = torch.zeros(config.max_objects, dtype=torch.bool, device=boxes.device)
@@ -196,11 +215,13 @@ def assign_targets(
     grid: BEVGrid,
     config: TargetConfig = TargetConfig(),
     with_velocity: bool = False,
+    half_period_labels: Sequence[int] = (),
 ) -> list[TaskTargets]:
     """Targets for every task of a batch.
 
     ``gt_boxes[b]`` (M_b, 7|9) metric boxes and ``gt_labels[b]`` (M_b,) their labels (ClassTable
-    indices) of sample b; ``task_labels[t]`` the ClassTable labels of task t, in its heatmap order.
+    indices) of sample b; ``task_labels[t]`` the ClassTable labels of task t, in its heatmap order;
+    boxes of ``half_period_labels`` have their yaw coded modulo π (module docstring).
     """
     if len(gt_boxes) != len(gt_labels):
         raise ValueError(f"assign_targets: {len(gt_boxes)} box tensors but {len(gt_labels)} label tensors")
@@ -213,11 +234,11 @@ def assign_targets(
             )
         if with_velocity and boxes.shape[1] != 9:
             raise ValueError(f"assign_targets: the head predicts velocity but sample {sample}'s boxes have no vx, vy")
+        half_period = torch.isin(labels, labels.new_tensor(tuple(half_period_labels)))  # (M,)
         for task, members in enumerate(task_labels):
             is_member = labels[:, None] == labels.new_tensor(members)[None, :]  # (M, C_task)
             in_task = is_member.any(dim=1)
             local_classes = is_member[in_task].long().argmax(dim=1)
-            per_task[task].append(
-                _single_task_targets(boxes[in_task], local_classes, len(members), grid, config, with_velocity)
-            )
+            per_task[task].append(_single_task_targets(boxes[in_task], local_classes, half_period[in_task],
+                                                       len(members), grid, config, with_velocity))
     return [TaskTargets(*(torch.stack(field) for field in zip(*samples))) for samples in per_task]
