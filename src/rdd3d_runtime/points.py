@@ -9,6 +9,16 @@ import numpy as np
 
 FLOAT32_BYTES = 4
 
+def _named_layout(path: Path) -> tuple[str, int] | None:
+    """What a raw file's name says it is and its float32 column count (nuScenes' LiDAR files, KITTI's velodyne
+    scans); None if its name says nothing. A wrong count would read values across rows without a word whenever
+    the byte count happens to divide."""
+    if path.name.endswith(".pcd.bin"):
+        return "a nuScenes LiDAR file (*.pcd.bin)", 5
+    if path.suffix == ".bin" and path.parent.name in ("velodyne", "velodyne_reduced"):
+        return "a KITTI velodyne scan (velodyne/*.bin)", 4
+    return None
+
 
 class PointFileError(ValueError):
     """A point file that is missing or does not hold rows of the model's columns."""
@@ -30,6 +40,10 @@ def read_points(path: str | Path, columns: Sequence[str]) -> np.ndarray:
     if path.suffix != ".bin":
         raise PointFileError(f"{path}: unknown point file type {path.suffix!r}; expected .bin (float32 rows) "
                              f"or .npy")
+    layout = _named_layout(path)
+    if layout is not None and layout[1] != width:
+        raise PointFileError(f"{path}: {layout[0]} holds {layout[1]} float32 columns, but the model reads {width} "
+                             f"{tuple(columns)}: convert the file to the model's columns first")
     size = path.stat().st_size
     if size % (FLOAT32_BYTES * width):
         raise PointFileError(

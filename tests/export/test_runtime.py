@@ -210,3 +210,16 @@ def test_a_point_file_with_other_columns_is_refused_by_name(pillar_export, tmp_p
     with pytest.raises(PointFileError, match=r"kitti\.npy: holds an array of shape \(7, 4\)"):
         read_points(tmp_path / "kitti.npy", columns)
     assert main(["predict", "--model", str(pillar_export.folder), "--points", str(four_columns)]) == 1
+
+
+def test_a_point_file_whose_name_tells_other_columns_is_refused_even_when_its_bytes_divide(pillar_export, tmp_path):
+    columns = read_manifest(pillar_export.folder).point_columns  # five, as nuScenes
+    velodyne = tmp_path / "velodyne"
+    velodyne.mkdir()
+    scan = velodyne / "000000.bin"
+    np.zeros((20, 4), dtype=np.float32).tofile(scan)  # 320 bytes: 16 rows of 5 columns as well
+    with pytest.raises(PointFileError, match=r"000000\.bin: a KITTI velodyne scan \(velodyne/\*\.bin\) holds 4 "
+                                             r"float32 columns, but the model reads 5"):
+        read_points(scan, columns)
+    np.zeros((16, 5), dtype=np.float32).tofile(tmp_path / "sweep.pcd.bin")
+    assert read_points(tmp_path / "sweep.pcd.bin", columns).shape == (16, 5)
