@@ -9,6 +9,7 @@ import numpy as np
 
 FLOAT32_BYTES = 4
 
+
 def _named_layout(path: Path) -> tuple[str, int] | None:
     """What a raw file's name says it is and its float32 column count (nuScenes' LiDAR files, KITTI's velodyne
     scans); None if its name says nothing. A wrong count would read values across rows without a word whenever
