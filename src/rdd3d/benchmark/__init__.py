@@ -2,9 +2,10 @@
 (the paper's Table 3, its ablations and the λ sweep), on the synthetic world.
 
 A plan (YAML, :class:`BenchmarkPlan`) names (teacher, student) preset pairs, the methods, variants
-(a method with overrides of its own: ablations and sweeps), the seeds, and ``--set``-style overrides
-shared by every run. :func:`run_benchmark` runs everything in turn in this process: each teacher once
-(``<teachers_dir>/<preset>/``), then per seed the student rows (``<out>/<pair>/<row>/seed<k>/``). A run
+(a method with overrides of its own: ablations and sweeps), the seeds (and rows with seeds of their own),
+and ``--set``-style overrides shared by every run. :func:`run_benchmark` runs everything in turn in this
+process: each teacher once (``<teachers_dir>/<preset>/``), then per seed the student rows run at it
+(``<out>/<pair>/<row>/seed<k>/``). A run
 whose folder already holds it finished is reused, an interrupted one resumes. Every final checkpoint
 (``last.pt``; ``best.pt`` would be chosen on the very frames we report) is evaluated on the same
 validation frames, its MACs counted on the first of them and its CPU latency timed; the training cost

@@ -1,4 +1,4 @@
-"""A benchmark plan (YAML) and the runs it makes: each pair's teacher once, then per seed every row."""
+"""A benchmark plan (YAML) and the runs it makes: each pair's teacher once, then per seed every row run at it."""
 
 from __future__ import annotations
 
@@ -25,6 +25,10 @@ _ROW_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 # ----------------------------------------------------------------------------- the plan
+def _valid_seeds(seeds: Sequence[int]) -> bool:
+    return bool(seeds) and len(set(seeds)) == len(seeds) and all(seed >= 0 for seed in seeds)
+
+
 @dataclass
 class PairPlan:
     teacher: str  # teacher preset, e.g. cp-voxel
@@ -51,7 +55,11 @@ class BenchmarkPlan:
     pairs: list[PairPlan] = field(default_factory=list)
     methods: list[str] = field(default_factory=list)  # rows with each method's defaults; "none" always runs
     variants: list[VariantPlan] = field(default_factory=list)  # further rows, after the methods
-    seeds: list[int] = field(default_factory=lambda: [0])  # trainer.seed of every student row
+    seeds: list[int] = field(default_factory=lambda: [0])  # trainer.seed of every student row not in row_seeds
+    # Rows (by name, "none" included) trained at seeds of their own instead of `seeds`, e.g. more seeds for the
+    # rows whose gains are closest to the seed-to-seed spread. No KD must have every seed of every row: a row's
+    # gain is paired with no KD trained from the same seed.
+    row_seeds: dict[str, list[int]] = field(default_factory=dict)
     only: list[str] = field(default_factory=list)  # run just these rows (by name; no KD always runs); empty: all
     overrides: list[str] = field(default_factory=list)  # run-config overrides of every run, teachers too
     teacher_overrides: list[str] = field(default_factory=list)  # teachers only, applied after `overrides`
@@ -81,9 +89,14 @@ class BenchmarkPlan:
                      for name in sorted({n for n in names if names.count(n) > 1})]
         problems += [f"only: {name!r} is not a row of the plan (rows: {names})" for name in self.only
                      if name not in names]
+        problems += [f"row_seeds: {name!r} is not a row of the plan (rows: {names})" for name in self.row_seeds
+                     if name not in names]
+        problems += [f"row_seeds.{name} must be one or more distinct non-negative seeds, got {seeds!r}"
+                     for name, seeds in self.row_seeds.items() if not _valid_seeds(seeds)]
+        problems += self._seeds_no_kd_lacks(names)
         checks = {
             "pairs": (bool(self.pairs), "at least one teacher/student pair"),
-            "seeds": (bool(self.seeds) and len(set(self.seeds)) == len(self.seeds), "one or more distinct seeds"),
+            "seeds": (_valid_seeds(self.seeds), "one or more distinct non-negative seeds"),
             "latency_frames": (self.latency_frames >= 1, ">= 1"),
             "latency_repeats": (self.latency_repeats >= 1, ">= 1"),
             "variants": (TEACHER_ROW not in names, f"no row named {TEACHER_ROW!r}"),
@@ -96,6 +109,22 @@ class BenchmarkPlan:
                      for name, (valid, expected) in checks.items() if not valid]
         if problems:
             raise ValueError("benchmark plan: " + "; ".join(problems))
+
+    def _seeds_no_kd_lacks(self, names: list[str]) -> list[str]:
+        """A problem per row, named by the key that gives its seeds, with a seed the no-KD row is not run at."""
+        no_kd = self.seeds_of(NO_KD_ROW)
+        keys = {name: f"row_seeds.{name}" if name in self.row_seeds else "seeds" for name in names}
+        return [f"{keys[name]}: row {name!r} has seed {seed}, which the no-KD row {NO_KD_ROW!r} lacks (its seeds: "
+                f"{no_kd}); a gain over no KD is paired seed by seed, so add it to {keys[NO_KD_ROW]} or drop it"
+                for name in names for seed in self.seeds_of(name) if seed not in no_kd]
+
+    def seeds_of(self, row: str) -> list[int]:
+        """The seeds ``row`` is trained at: its own in ``row_seeds``, otherwise ``seeds``."""
+        return self.row_seeds.get(row, self.seeds)
+
+    def run_seeds(self) -> list[int]:
+        """Every seed some row is trained at, in the order the runs go: no KD's, which hold every row's."""
+        return self.seeds_of(NO_KD_ROW)
 
     def all_rows(self) -> list[VariantPlan]:
         """The student rows in table order: no KD, each method with its defaults, each variant."""
@@ -160,8 +189,9 @@ def plan_runs(plan: BenchmarkPlan, out_dir: str | Path) -> list[PlannedRun]:
         teacher = run_config([*plan.overrides, *plan.teacher_overrides], teacher_dir, pair.teacher, "none",
                              plan.teacher_seed, val_split=plan.tune_split)
         runs.append(PlannedRun(pair, TEACHER_ROW, "none", plan.teacher_seed, teacher))
-        for seed in plan.seeds:
-            for row in plan.rows():
+        # Seed by seed, so that an interrupted benchmark holds whole seeds; a row sits out the seeds it lacks.
+        for seed in plan.run_seeds():
+            for row in (row for row in plan.rows() if seed in plan.seeds_of(row.name)):
                 folder = out_dir / pair.name / row.name / f"seed{seed}"
                 config = run_config([*plan.overrides, *row.overrides], folder, pair.student, row.method, seed,
                                     teacher_checkpoint if row.method != "none" else "", val_split=plan.tune_split)

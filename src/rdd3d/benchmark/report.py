@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from rdd3d.benchmark.plan import NO_KD_ROW, TEACHER_ROW
+from rdd3d.benchmark.plan import NO_KD_ROW, TEACHER_ROW, BenchmarkPlan
 from rdd3d.benchmark.results import BenchmarkResults, RunResult
 from rdd3d.core.fileio import write_bytes, write_json
 
@@ -21,7 +21,7 @@ class RowSummary:
     row: str
     method: str
     preset: str
-    seeds: int
+    seeds: tuple[int, ...]  # of its runs, in run order; rows of one plan may have different seeds
     mAP: float
     mAP_std: float
     NDS: float
@@ -38,7 +38,7 @@ class RowSummary:
 
         costs = [run.train_ms_per_frame for run in runs if run.train_ms_per_frame is not None]
         first = runs[0]
-        return cls(row, first.method, first.preset, len(runs),
+        return cls(row, first.method, first.preset, tuple(run.seed for run in runs),
                    *mean_std([run.metrics["mAP"] for run in runs]), *mean_std([run.metrics["NDS"] for run in runs]),
                    first.params, first.gmacs, statistics.fmean(run.latency_ms for run in runs),
                    statistics.fmean(costs) if costs else None)
@@ -124,28 +124,44 @@ def format_markdown(results: BenchmarkResults, summary: Mapping[str, list[RowSum
                     paired: Mapping[str, list[PairedGain]]) -> str:
     plan = results.plan
     lines = [f"# {plan.title}", "",
-             f"Seeds {', '.join(map(str, plan.seeds))}; {results.validation_frames} frames of the "
+             f"{_seeds_sentence(plan)}; {results.validation_frames} frames of the "
              f"'{plan.report_split}' split (held out: settings are chosen on '{plan.tune_split}'); "
-             f"trained and evaluated on {results.device}. mAP and NDS in %, mean ± sample std over seeds; "
-             f"Δ mAP against the student without KD; GMACs on the first validation frame; latency: CPU forward "
-             f"of one frame ({results.cpu_threads} threads, median); training cost per frame from the runs' "
-             f"logs, × against the student without KD."]
+             f"trained and evaluated on {results.device}. n: seeds of the row; mAP and NDS in %, mean ± sample std "
+             f"over the row's seeds; Δ mAP: mean gain over the student without KD trained from the same seeds; GMACs "
+             f"on the first validation frame; latency: CPU forward of one frame ({results.cpu_threads} threads, "
+             f"median); training cost per frame from the runs' logs, × against the student without KD."]
     for pair in plan.pairs:
         rows = summary[pair.name]
         no_kd = next((row for row in rows if row.row == NO_KD_ROW), None)
+        gains = {gain.row: gain.mean_gain for gain in paired[pair.name]}
         lines += ["", f"## {pair.student} from {pair.teacher}", "",
-                  "| model | mAP | NDS | Δ mAP | GMACs | params (M) | latency (ms) | training (ms/frame) |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
+                  "| model | n | mAP | NDS | Δ mAP | GMACs | params (M) | latency (ms) | training (ms/frame) |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for row in rows:
             reference = row.row in (TEACHER_ROW, NO_KD_ROW)
             name = f"{row.row} ({row.preset})" if reference else row.row
-            delta = "" if reference or no_kd is None else f"{100 * (row.mAP - no_kd.mAP):+.1f}"
-            lines.append(f"| {name} | {_percent(row.mAP, row.mAP_std, row.seeds)} | "
-                         f"{_percent(row.NDS, row.NDS_std, row.seeds)} | {delta} | {row.gmacs:.2f} | "
-                         f"{row.params / 1e6:.2f} | {row.latency_ms:.0f} | {_cost(row, no_kd)} |")
-        if len(plan.seeds) > 1 and paired[pair.name]:
-            lines += _paired_table(paired[pair.name], plan.seeds)
+            gain = None if reference else gains.get(row.row)
+            delta = "" if gain is None else f"{100 * gain:+.1f}"
+            n = len(row.seeds)
+            lines.append(f"| {name} | {n} | {_percent(row.mAP, row.mAP_std, n)} | {_percent(row.NDS, row.NDS_std, n)} "
+                         f"| {delta} | {row.gmacs:.2f} | {row.params / 1e6:.2f} | {row.latency_ms:.0f} | "
+                         f"{_cost(row, no_kd)} |")
+        if len(plan.run_seeds()) > 1 and paired[pair.name]:
+            lines += _paired_table(paired[pair.name], plan.run_seeds())
     return "\n".join(lines) + "\n"
+
+
+def _seeds_sentence(plan: BenchmarkPlan) -> str:
+    """"Seeds 0, 1, 2", then the rows with seeds of their own, those with the same seeds together."""
+    def listed(seeds: Sequence[int]) -> str:
+        return ", ".join(map(str, seeds))
+
+    own: dict[tuple[int, ...], list[str]] = {}
+    for row in plan.all_rows():
+        if row.name in plan.row_seeds:
+            own.setdefault(tuple(plan.row_seeds[row.name]), []).append(row.name)
+    shared = [f"Seeds {listed(plan.seeds)}"] if any(row.name not in plan.row_seeds for row in plan.all_rows()) else []
+    return "; ".join([*shared, *(f"{', '.join(names)}: seeds {listed(seeds)}" for seeds, names in own.items())])
 
 
 def _paired_table(rows: Sequence[PairedGain], seeds: Sequence[int]) -> list[str]:
