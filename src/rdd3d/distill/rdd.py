@@ -70,8 +70,8 @@ class RDDConfig:
     # what both terms divide by: "pairs", every pair M + N [paper]; "weight", the selected weight Σ m*_i [ours]:
     # without it, a λ that keeps fewer pairs also distils less, and the λ sweep mixes selection with weight
     term_normaliser: str = "pairs"
-    # [ours] ψ's 1×1 convolution in bf16 on a CPU with native bf16 ("auto"): on the whole student map it was a
-    # quarter of RDD's own cost per step in fp32 (docs/benchmarks.md); the rest of the loss stays fp32
+    # [ours] ψ's 1×1 convolution in bf16 on a CPU with native bf16 ("auto"): a matrix product over the whole
+    # student map, bound by arithmetic, which bf16 roughly halves; the rest of the loss stays fp32
     adapter_precision: str = "auto"
     use_feature: bool = True  # distil the student's BEV map (ablation: logit only)
     use_logit: bool = True  # distil the student's heatmaps (ablation: feature only)

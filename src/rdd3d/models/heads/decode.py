@@ -12,7 +12,7 @@ from torch import Tensor
 
 from rdd3d.core.types import Detections
 from rdd3d.models.heads.prediction import TaskPrediction, gather_cells
-from rdd3d.models.heads.targets import BEVGrid, decode_boxes
+from rdd3d.models.heads.targets import BEVGrid, decode_boxes, half_period_mask
 from rdd3d.models.nms import circle_nms, nearest_bev_nms, rotated_nms
 
 NMS_KINDS = ("rotated", "nearest_bev", "circle", "none")
@@ -70,12 +70,6 @@ class _Candidates(NamedTuple):
     scores: Tensor  # (B, K)
     labels: Tensor  # (B, K) ClassTable index
     keep: Tensor  # (B, K) bool
-
-
-def half_period_mask(labels: Tensor, half_period_labels: Sequence[int]) -> Tensor:
-    """Which of ``labels`` (ClassTable indices, any shape) belong to a half-period class: their yaw is
-    decoded modulo π (:mod:`rdd3d.models.heads.targets`)."""
-    return torch.isin(labels, labels.new_tensor(tuple(half_period_labels)))
 
 
 def _top_candidates(prediction: TaskPrediction, grid: BEVGrid, config: DecodeConfig, task_labels: Sequence[int],

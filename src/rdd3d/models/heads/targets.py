@@ -139,6 +139,12 @@ def draw_gaussians(heatmap: Tensor, classes: Tensor, cells: Tensor, radii: Tenso
     return heatmap
 
 
+def half_period_mask(labels: Tensor, half_period_labels: Sequence[int]) -> Tensor:
+    """Which of ``labels`` (ClassTable indices, any shape) belong to a half-period class, whose yaw is coded
+    modulo π (module docstring)."""
+    return torch.isin(labels, labels.new_tensor(tuple(half_period_labels)))
+
+
 def yaw_periods(half_period: Tensor) -> Tensor:
     """How many turns of the coded angle one turn of the yaw makes: 2 where ``half_period`` (bool), else 1."""
     return 1 + half_period.long()
@@ -234,7 +240,7 @@ def assign_targets(
             )
         if with_velocity and boxes.shape[1] != 9:
             raise ValueError(f"assign_targets: the head predicts velocity but sample {sample}'s boxes have no vx, vy")
-        half_period = torch.isin(labels, labels.new_tensor(tuple(half_period_labels)))  # (M,)
+        half_period = half_period_mask(labels, half_period_labels)  # (M,)
         for task, members in enumerate(task_labels):
             is_member = labels[:, None] == labels.new_tensor(members)[None, :]  # (M, C_task)
             in_task = is_member.any(dim=1)
