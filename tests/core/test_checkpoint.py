@@ -55,7 +55,7 @@ def test_a_failed_write_keeps_the_previous_checkpoint_and_says_what_happened(tmp
     assert os.listdir(tmp_path) == ["c.pt"]  # no temp file left behind
 
 
-def test_ctrl_c_while_serialising_is_a_keyboard_interrupt_and_writes_nothing(tmp_path, monkeypatch):
+def test_ctrl_c_while_serialising_is_a_keyboard_interrupt_and_writes_nothing(tmp_path, monkeypatch, request):
     # (Inside torch.save's C++ writer an exception becomes an unrelated RuntimeError; save_checkpoint holds
     # Ctrl-C back until the state is serialised. Timing a signal into the C++ writer is not reproducible
     # in a test: this checks what the user sees.)
@@ -63,6 +63,9 @@ def test_ctrl_c_while_serialising_is_a_keyboard_interrupt_and_writes_nothing(tmp
 
     path = tmp_path / "c.pt"
     real_save = torch.save
+    # A shell starting the suite as a background job hands it SIGINT ignored; Ctrl-C is what is tested here.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    request.addfinalizer(lambda: signal.signal(signal.SIGINT, previous))
 
     def save_while_interrupted(obj, buffer):
         os.kill(os.getpid(), signal.SIGINT)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import signal
+import threading
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import torch
 from torch import nn
@@ -27,17 +29,34 @@ def save_checkpoint(path: str | os.PathLike, state: Mapping[str, Any]) -> None:
     there loses its errno; the file is then written with plain Python I/O, where both come out as they are.
     """
     buffer = io.BytesIO()
-    held = {signal.SIGINT, signal.SIGTERM}
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
-    try:
+    with _signals_held(signal.SIGINT, signal.SIGTERM):
         torch.save(dict(state), buffer)
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)  # a held signal is delivered here
     try:
         with atomic_open(path, "wb") as handle:
             handle.write(buffer.getbuffer())
     except OSError as error:
         raise OSError(error.errno, f"writing checkpoint {path}: {error.strerror or error}") from None
+
+
+@contextlib.contextmanager
+def _signals_held(*numbers: int) -> Iterator[None]:
+    """Signals arriving inside the block are recorded and raised again, in order, when it ends. Python runs
+    signal handlers in the main thread whichever thread the OS hands a signal to, so a recording handler holds a
+    Ctrl-C back however it arrives (a thread's signal mask holds it back from that thread alone, and the OS then
+    gives it to another thread, from where it interrupts the main one all the same). Handlers can be replaced
+    from the main thread only; elsewhere nothing is held."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    arrived: list[int] = []
+    previous = {number: signal.signal(number, lambda number, frame: arrived.append(number)) for number in numbers}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler if handler is not None else signal.SIG_DFL)
+        for number in arrived:
+            signal.raise_signal(number)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
